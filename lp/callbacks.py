@@ -1,0 +1,130 @@
+"""Callbacks that read the expansion plan: freezing, the identity check, throughput."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BaseFinetuning, Callback
+
+from lp.errors import LpError
+from lp.expansion import decoder_layers
+
+
+class FreezeCallback(BaseFinetuning):
+    """Train only the plan's new blocks (plus, on request, norms, embeddings, lm_head).
+
+    With ``train_all=True`` nothing is frozen (full fine-tuning, pretraining).
+    """
+
+    def __init__(
+        self,
+        train_all: bool = False,
+        train_norms: bool = False,
+        train_embeddings: bool = False,
+        train_lm_head: bool = False,
+    ):
+        super().__init__()
+        self.train_all, self.train_norms = train_all, train_norms
+        self.train_embeddings, self.train_lm_head = train_embeddings, train_lm_head
+
+    def freeze_before_training(self, pl_module: L.LightningModule) -> None:
+        model = pl_module.model
+        if self.train_all:
+            self.make_trainable(model)
+            return
+        self.freeze(model, train_bn=False)
+        plan = pl_module.plan
+        if plan is not None:
+            layers = decoder_layers(model)
+            self.make_trainable([layers[j] for j in plan.new_layers])
+        if self.train_norms:
+            for m in model.modules():
+                if "norm" in type(m).__name__.lower():
+                    self.make_trainable(m)
+        if self.train_embeddings:
+            self.make_trainable(model.get_input_embeddings())
+        if self.train_lm_head:
+            self.make_trainable(model.get_output_embeddings())
+        if not any(p.requires_grad for p in model.parameters()):
+            raise LpError(
+                "nothing to train: expansion.blocks=0 and every freeze option is off; "
+                "add blocks or set freeze.train_all=true"
+            )
+
+    def finetune_function(self, pl_module, epoch, optimizer) -> None:
+        """No gradual unfreezing: the trainable set is fixed for the whole run."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        n = sum(p.numel() for p in pl_module.model.parameters() if p.requires_grad)
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({"perf/trainable_params": float(n)}, step=trainer.global_step)
+
+
+class IdentityCheck(Callback):
+    """Before the first optimizer step, on the first real batch, verify that every
+    new block returns its input unchanged (bit for bit; exact in float32 and in
+    bf16 autocast alike, since the block adds an exact zero to the residual).
+    Fails the run naming the first offending block."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled, self.done = enabled, False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if not self.enabled or self.done or pl_module.plan is None or not pl_module.plan.new_layers:
+            return
+        self.done = True
+        bad = find_non_identity_blocks(pl_module, batch["input_ids"], trainer)
+        if bad:
+            j = bad[0]
+            raise LpError(
+                f"identity check failed: new block {j} (copy of base layer {pl_module.plan.layer_map[j]}) "
+                f"changes its input (init={pl_module.plan.init}); fix the expansion, or disable the check "
+                "explicitly with identity_check.enabled=false"
+            )
+
+
+def find_non_identity_blocks(pl_module, input_ids: torch.Tensor, trainer=None) -> list[int]:
+    """Indices (in the expanded model) of new blocks whose output differs from their input."""
+    layers = decoder_layers(pl_module.model)
+    seen: dict[int, bool] = {}
+
+    def hook(j):
+        def fn(module, args, kwargs, output):
+            x = args[0] if args else kwargs["hidden_states"]
+            y = output[0] if isinstance(output, tuple) else output
+            seen[j] = torch.equal(x, y)
+
+        return fn
+
+    handles = [layers[j].register_forward_hook(hook(j), with_kwargs=True) for j in pl_module.plan.new_layers]
+    try:
+        ctx = trainer.precision_plugin.forward_context() if trainer else contextlib.nullcontext()
+        with torch.no_grad(), ctx:
+            pl_module.model(input_ids=input_ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return [j for j in pl_module.plan.new_layers if not seen.get(j, False)]
+
+
+class Throughput(Callback):
+    """Logs ``perf/tokens_per_s`` over the last ``window`` training batches.
+    Written by hand because Lightning's ThroughputMonitor fixes its own metric
+    names and needs per-batch sample counts wired in."""
+
+    def __init__(self, window: int = 10):
+        self.window, self.t0, self.tokens = window, None, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self.t0 is None:
+            self.t0, self.tokens = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.tokens += batch["input_ids"].numel() * trainer.world_size
+        if (batch_idx + 1) % self.window == 0:
+            dt = time.perf_counter() - self.t0
+            pl_module.log("perf/tokens_per_s", self.tokens / dt, rank_zero_only=True)
+            self.t0 = None

@@ -1,0 +1,76 @@
+"""The LightningDataModule: a weighted code/math mixture plus fixed eval sets."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lp.data.packing import PackedMixture, eval_rows
+from lp.data.sources import Source, build_source
+from lp.errors import LpError
+
+
+class MixtureDataModule(L.LightningDataModule):
+    """Training rows from ``sources`` (name -> settings, weighted); one held-out
+    eval set per domain that has a source, plus ``general`` (the base model's
+    own domain, which the forgetting measurement reads).
+
+    Eval sets depend only on the source settings, ``seed``, ``seq_len``,
+    ``eval_tokens`` and ``eval_fraction``, never on batch size or training
+    length, so runs of a sweep are evaluated on identical tokens.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        sources: dict,
+        general: dict | None,
+        seq_len: int = 256,
+        batch_size: int = 8,
+        eval_batch_size: int = 16,
+        eval_tokens: int = 16384,
+        eval_fraction: float = 0.05,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        if not sources:
+            raise LpError("data.sources is empty; give at least one training source")
+        self.tokenizer = tokenizer
+        self.sources: list[Source] = [build_source(n, dict(c)) for n, c in sources.items()]
+        self.general = build_source("general", {"domain": "general", **dict(general)}) if general else None
+        self.seq_len, self.batch_size, self.eval_batch_size = seq_len, batch_size, eval_batch_size
+        self.eval_tokens, self.eval_fraction = eval_tokens, eval_fraction
+        self.seed, self.num_workers = seed, num_workers
+        self.eval_sets: dict[str, torch.Tensor] = {}
+
+    @property
+    def domains(self) -> list[str]:
+        """Eval domains, in val-dataloader order."""
+        names = list(dict.fromkeys(s.domain for s in self.sources))
+        if self.general is not None and "general" not in names:
+            names.append("general")
+        return names
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.eval_sets:
+            return
+        by_domain: dict[str, list[Source]] = {}
+        for s in [*self.sources, *([self.general] if self.general else [])]:
+            by_domain.setdefault(s.domain, []).append(s)
+        for domain in self.domains:
+            parts = by_domain[domain]
+            share = -(-self.eval_tokens // len(parts))
+            self.eval_sets[domain] = torch.cat(
+                [eval_rows(s, self.tokenizer, self.seq_len, share, self.seed, self.eval_fraction) for s in parts]
+            )
+
+    def train_dataloader(self) -> DataLoader:
+        data = PackedMixture(self.sources, self.tokenizer, self.seq_len, self.seed, self.eval_fraction)
+        return DataLoader(data, batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [
+            DataLoader(TensorDataset(self.eval_sets[d]), batch_size=self.eval_batch_size) for d in self.domains
+        ]

@@ -1,0 +1,68 @@
+"""Expand a loaded Hugging Face causal LM in memory (the training path)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from lp.expansion.arch import ArchFacts, arch_facts
+from lp.expansion.plan import ExpansionPlan
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    return model.get_submodule(arch_facts(model.config.model_type).layers)
+
+
+def expand_model(model: nn.Module, plan: ExpansionPlan) -> nn.Module:
+    """Insert the plan's new blocks into ``model`` (in place) and return it.
+
+    Original blocks are kept as the same module objects (their tensors are not
+    copied); new blocks are deep copies of their source block, initialised per
+    ``plan.init``. Attention ``layer_idx`` and per-layer config fields follow the
+    new layout so generation with a KV cache works.
+    """
+    facts = arch_facts(model.config.model_type)
+    layers = model.get_submodule(facts.layers)
+    if len(layers) != plan.base_layers:
+        raise ValueError(f"plan expects {plan.base_layers} base layers, model has {len(layers)}")
+    new = set(plan.new_layers)
+    blocks = []
+    for j, src in enumerate(plan.layer_map):
+        block = copy.deepcopy(layers[src]) if j in new else layers[src]
+        if j in new:
+            init_new_block(block, plan.init, facts)
+        blocks.append(block)
+    parent, _, name = facts.layers.rpartition(".")
+    setattr(model.get_submodule(parent), name, nn.ModuleList(blocks))
+    renumber_layers(model, facts)
+    expand_config(model.config, plan, facts)
+    return model
+
+
+def init_new_block(block: nn.Module, init: str, facts: ArchFacts) -> None:
+    """``zero_out``: residual-output projections (and biases) to zero, so the block
+    adds nothing to the residual stream. ``zero_norm``: the block's norm weights to
+    zero, so its sublayers see zeros (the ablation the paper argues against).
+    ``copy``: untouched."""
+    names = {"zero_out": facts.residual_out, "zero_norm": facts.norms, "copy": ()}[init]
+    with torch.no_grad():
+        for name in names:
+            for p in block.get_submodule(name).parameters(recurse=False):
+                p.zero_()
+
+
+def renumber_layers(model: nn.Module, facts: ArchFacts) -> None:
+    for j, block in enumerate(model.get_submodule(facts.layers)):
+        block.get_submodule(facts.attention).layer_idx = j
+        if hasattr(block, "layer_idx"):
+            block.layer_idx = j
+
+
+def expand_config(config, plan: ExpansionPlan, facts: ArchFacts) -> None:
+    config.num_hidden_layers = plan.num_layers
+    for field in facts.per_layer_config:
+        values = getattr(config, field, None)
+        if isinstance(values, (list, tuple)) and len(values) == plan.base_layers:
+            setattr(config, field, [values[src] for src in plan.layer_map])

@@ -1,0 +1,94 @@
+"""The LightningModule: one training step for every method.
+
+Methods differ by which parameters train (the freeze callback decides) and by
+how the model was built, never by a separate loop.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torchmetrics.aggregation import MeanMetric
+from transformers import get_cosine_schedule_with_warmup
+
+from lp.expansion import ExpansionPlan
+
+
+class CausalLMModule(L.LightningModule):
+    """Wraps a Hugging Face causal LM (expanded or not).
+
+    Logs ``train/loss``, ``val/<domain>/loss`` for every eval domain and
+    ``forgetting/general``: the current general-domain loss minus the value at
+    the first validation (run one before training, as ``lp.train`` does).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        plan: ExpansionPlan | None = None,
+        domains: tuple[str, ...] = ("general",),
+        lr: float = 2e-4,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_ratio: float = 0.06,
+    ):
+        super().__init__()
+        self.model, self.plan, self.domains = model, plan, list(domains)
+        self.model.train()  # from_pretrained returns eval mode; Lightning toggles it for evaluation
+        self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
+        self.warmup_ratio = warmup_ratio
+        self.val_loss = torch.nn.ModuleDict({d: MeanMetric() for d in self.domains})
+        # saved in checkpoints so a resumed run keeps measuring against the same base
+        self.register_buffer("baseline_general", torch.tensor(float("nan")))
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None):
+        return self.model(input_ids=input_ids, labels=labels)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        ids, labels = _inputs(batch)
+        loss = self(ids, labels).loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=ids.shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        ids, labels = _inputs(batch)
+        loss = self(ids, labels).loss
+        predicted = (labels[:, 1:] != -100).sum()
+        self.val_loss[self.domains[dataloader_idx]].update(loss.float(), weight=predicted)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            for m in self.val_loss.values():
+                m.reset()
+            return
+        losses = {d: m.compute() for d, m in self.val_loss.items() if m.update_called}
+        for m in self.val_loss.values():
+            m.reset()
+        for d, v in losses.items():
+            self.log(f"val/{d}/loss", v, add_dataloader_idx=False, sync_dist=False)
+        if "general" in losses:
+            if torch.isnan(self.baseline_general):
+                self.baseline_general.fill_(losses["general"].item())
+            self.log("forgetting/general", losses["general"] - self.baseline_general, add_dataloader_idx=False)
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                # norms and biases are not decayed (standard for LLaMA-style training)
+                (no_decay if p.ndim < 2 else decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        fused = self.device.type == "cuda"
+        opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, fused=fused)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = get_cosine_schedule_with_warmup(opt, math.ceil(self.warmup_ratio * total), total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _inputs(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, dict):
+        return batch["input_ids"], batch["labels"]
+    (ids,) = batch  # eval sets: packed rows, every position is a target
+    return ids, ids

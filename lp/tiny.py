@@ -1,0 +1,139 @@
+"""The offline default base: a small LLaMA pretrained here, once, then cached.
+
+No pretrained weights can be downloaded offline, yet forgetting is only
+measurable if the base really knows a general domain. So lp trains a byte-level
+BPE tokenizer and a transformers ``LlamaForCausalLM`` on the general corpus's
+*training* split (the general eval set is never seen), saves them as an
+ordinary Hugging Face checkpoint and reuses it on later runs. The cache key is
+a hash of every setting that changes the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from lp.callbacks import FreezeCallback
+from lp.data import MixtureDataModule, build_source
+from lp.data.sources import split
+from lp.module import CausalLMModule
+
+SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
+
+
+def tiny_base(tiny: dict, general: dict, eval_fraction: float) -> Path:
+    """Path of the cached tiny base for these settings, building it if needed."""
+    settings = {k: v for k, v in tiny.items() if k != "cache_dir"}
+    key = {"tiny": settings, "general": general, "eval_fraction": eval_fraction, "format": 1}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    cache = Path(os.path.expanduser(str(tiny["cache_dir"])))
+    target = cache / f"tiny-llama-{digest}"
+    if (target / "lp_base.json").is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache))
+    try:
+        info = build(settings, general, eval_fraction, tmp)
+        (tmp / "lp_base.json").write_text(json.dumps({**key, **info}, indent=2))
+        try:
+            tmp.rename(target)  # atomic; a concurrent builder may have won the race
+        except OSError:
+            if not (target / "lp_base.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def build(tiny: dict, general: dict, eval_fraction: float, out: Path) -> dict:
+    start = time.time()
+    source = build_source("general", {"domain": "general", **general})
+    print(
+        f"lp: building the tiny offline base once: tokenizer + {tiny['steps']} pretraining steps "
+        f"on general text ({general.get('kind')}: {general.get('package', '')}); cached for later runs",
+        flush=True,
+    )
+    tokenizer = train_tokenizer(source, tiny["vocab_size"], tiny["tokenizer_chars"], eval_fraction)
+    torch.manual_seed(tiny["seed"])
+    model = LlamaForCausalLM(llama_config(tiny, tokenizer))
+    data = MixtureDataModule(
+        tokenizer,
+        sources={"general": {"domain": "general", **general}},
+        general=None,
+        seq_len=tiny["seq_len"],
+        batch_size=tiny["batch_size"],
+        eval_tokens=tiny["eval_tokens"],
+        eval_fraction=eval_fraction,
+        seed=tiny["seed"],
+    )
+    module = CausalLMModule(model, None, ("general",), lr=tiny["lr"], weight_decay=0.1)
+    trainer = L.Trainer(
+        max_steps=tiny["steps"],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        val_check_interval=tiny["steps"],
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        inference_mode=False,
+        gradient_clip_val=1.0,
+        callbacks=[FreezeCallback(train_all=True)],
+    )
+    trainer.fit(module, datamodule=data)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    loss = float(trainer.callback_metrics.get("val/general/loss", float("nan")))
+    print(f"lp: tiny base ready in {time.time() - start:.0f}s, general eval loss {loss:.3f}", flush=True)
+    return {"general_eval_loss": loss, "build_seconds": round(time.time() - start, 1)}
+
+
+def train_tokenizer(source, vocab_size: int, chars: int, eval_fraction: float) -> PreTrainedTokenizerFast:
+    """Byte-level BPE on the training split of the general corpus."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+
+    def sample():
+        seen = 0
+        for doc in split(source.documents(0), eval_fraction, want_eval=False):
+            yield doc
+            seen += len(doc)
+            if seen >= chars:
+                return
+
+    tok.train_from_iterator(sample(), trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+
+
+def llama_config(tiny: dict, tokenizer) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=tiny["hidden_size"],
+        intermediate_size=tiny["intermediate_size"],
+        num_hidden_layers=tiny["num_layers"],
+        num_attention_heads=tiny["num_heads"],
+        num_key_value_heads=tiny["num_heads"],
+        max_position_embeddings=max(1024, tiny["seq_len"]),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )

@@ -1,0 +1,145 @@
+"""``python -m lp.train``: expand a base model, train it, measure forgetting, export.
+
+The Hydra entry point; the only module that knows about the config tree.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lp.callbacks import FreezeCallback, IdentityCheck, Throughput
+from lp.errors import LpError
+from lp.expansion import expand_model, make_plan
+from lp.export import export_checkpoint
+from lp.hparams import write_hparams
+from lp.models import check_checkpoint, load_model, load_tokenizer, read_expansion
+from lp.module import CausalLMModule
+from lp.tiny import tiny_base
+
+HPARAM_KEYS = ("expansion.blocks", "expansion.position", "expansion.source", "expansion.init", "optim.lr", "seed")
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        run(cfg, run_dir)
+    except LpError as e:
+        print(f"error: {e}", file=sys.stderr)
+        _remove_if_unused(run_dir)
+        sys.exit(2)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """The whole experiment; returns the final metrics."""
+    if cfg.model.name_or_path:
+        check_checkpoint(str(cfg.model.name_or_path))
+    plan_args = _plan_args(cfg)
+    name = resolve_base(cfg)  # builds the tiny base once when no checkpoint is given
+    L.seed_everything(cfg.seed, workers=True)
+    model = load_model(name, cfg.model.attn, cfg.model.dtype)
+    tokenizer = load_tokenizer(name)
+    plan = read_expansion(name)  # an already expanded checkpoint trains its recorded new blocks
+    if plan is None:
+        plan = make_plan(model.config.num_hidden_layers, **plan_args)
+        expand_model(model, plan)
+    data = instantiate(cfg.data, tokenizer=tokenizer, _convert_="all")
+    module = CausalLMModule(model, plan, tuple(data.domains), **cfg.optim)
+    logger = instantiate(cfg.logger)
+    trainer = instantiate(
+        cfg.trainer,
+        precision=_precision(cfg.trainer.precision),
+        logger=logger,
+        callbacks=_callbacks(cfg, run_dir),
+        enable_checkpointing=cfg.callbacks.checkpoint.enabled,
+    )
+    trainer.validate(module, datamodule=data, verbose=False)  # the pre-training baseline, at step 0
+    trainer.fit(module, datamodule=data)
+    if trainer.global_step % int(cfg.trainer.val_check_interval) != 0:
+        trainer.validate(module, datamodule=data, verbose=False)
+    final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "forgetting/"))}
+    write_hparams(logger.log_dir, _hparams(cfg, plan), sorted(final))
+    if cfg.export and trainer.is_global_zero:
+        out = export_checkpoint(model, tokenizer, plan, name, run_dir / "export")
+        print(f"lp: exported {out}\nlp: tensorboard --logdir {run_dir}")
+    return final
+
+
+def resolve_base(cfg: DictConfig) -> str:
+    if cfg.model.name_or_path:
+        return str(cfg.model.name_or_path)
+    if cfg.model.get("tiny") is None:
+        raise LpError("model.name_or_path is empty and the model config has no tiny section to build from")
+    general = OmegaConf.to_container(cfg.data.general, resolve=True)
+    tiny = OmegaConf.to_container(cfg.model.tiny, resolve=True)
+    return str(tiny_base(tiny, general, float(cfg.data.eval_fraction)))
+
+
+def _plan_args(cfg: DictConfig) -> dict:
+    """Expansion settings, validated against the base's layer count before any
+    expensive work (for a hub id the count is only known after loading)."""
+    exp = cfg.expansion
+    position = exp.position if isinstance(exp.position, str) else list(exp.position)
+    args = dict(blocks=exp.blocks, position=position, source=exp.source, init=exp.init)
+    layers = _declared_layers(cfg)
+    if layers is not None:
+        make_plan(layers, **args)
+    return args
+
+
+def _declared_layers(cfg: DictConfig) -> int | None:
+    name = cfg.model.name_or_path
+    if not name:
+        return int(cfg.model.tiny.num_layers)
+    config = Path(str(name)).expanduser() / "config.json"
+    if config.is_file():
+        return json.loads(config.read_text()).get("num_hidden_layers")
+    return None
+
+
+def _precision(value: str) -> str:
+    if value == "auto":  # bf16 autocast where the hardware has it, exact float32 elsewhere
+        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    return value
+
+
+def _callbacks(cfg: DictConfig, run_dir: Path) -> list:
+    c = cfg.callbacks
+    callbacks = [
+        FreezeCallback(**c.freeze),
+        IdentityCheck(**c.identity_check),
+        Throughput(**c.throughput),
+    ]
+    if c.checkpoint.enabled:
+        callbacks.append(
+            L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
+        )
+    return callbacks
+
+
+def _hparams(cfg: DictConfig, plan) -> dict:
+    flat = {k: OmegaConf.select(cfg, k) for k in HPARAM_KEYS}
+    flat["model"] = str(cfg.model.name_or_path or "tiny")
+    flat["new_layers"] = ",".join(map(str, plan.new_layers))
+    return flat
+
+
+def _remove_if_unused(run_dir: Path) -> None:
+    """A run refused for bad input leaves no directory that looks like a run."""
+    if HydraConfig.get().mode.name == "RUN" and run_dir.is_dir():
+        if all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
