@@ -111,20 +111,18 @@ def find_non_identity_blocks(pl_module, input_ids: torch.Tensor, trainer=None) -
 
 
 class Throughput(Callback):
-    """Logs ``perf/tokens_per_s`` over the last ``window`` training batches.
+    """Logs ``perf/tokens_per_s`` over a sliding window of training batches.
     Written by hand because Lightning's ThroughputMonitor fixes its own metric
     names and needs per-batch sample counts wired in."""
 
     def __init__(self, window: int = 10):
-        self.window, self.t0, self.tokens = window, None, 0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if self.t0 is None:
-            self.t0, self.tokens = time.perf_counter(), 0
+        self.window = window
+        self.marks: list[tuple[float, int]] = []  # (time, tokens so far)
+        self.tokens = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self.tokens += batch["input_ids"].numel() * trainer.world_size
-        if (batch_idx + 1) % self.window == 0:
-            dt = time.perf_counter() - self.t0
-            pl_module.log("perf/tokens_per_s", self.tokens / dt, rank_zero_only=True)
-            self.t0 = None
+        self.marks = [*self.marks[-self.window :], (time.perf_counter(), self.tokens)]
+        if len(self.marks) > 1:
+            (t0, n0), (t1, n1) = self.marks[0], self.marks[-1]
+            pl_module.log("perf/tokens_per_s", (n1 - n0) / (t1 - t0), rank_zero_only=True)

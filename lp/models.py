@@ -32,13 +32,19 @@ def check_checkpoint(name_or_path: str) -> None:
     if not looks_local:
         return  # a hub id: transformers reports network or name problems itself
     if not path.is_dir():
-        raise LpError(f"model.name_or_path={name_or_path} does not exist; give a Hugging Face checkpoint directory")
+        raise LpError(
+            f"model.name_or_path={name_or_path} does not exist; give a Hugging Face checkpoint directory"
+        )
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
-        raise LpError(f"model.name_or_path={name_or_path} has no config.json; it is not a Hugging Face checkpoint")
+        raise LpError(
+            f"model.name_or_path={name_or_path} has no config.json; it is not a Hugging Face checkpoint"
+        )
     model_type = json.loads(cfg_file.read_text()).get("model_type")
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise LpError(f"model.name_or_path={name_or_path} is a {model_type!r} model, not a causal language model")
+        raise LpError(
+            f"model.name_or_path={name_or_path} is a {model_type!r} model, not a causal language model"
+        )
 
 
 def load_model(name_or_path: str, attn: str = "auto", dtype: str | torch.dtype = "float32"):
@@ -47,7 +53,9 @@ def load_model(name_or_path: str, attn: str = "auto", dtype: str | torch.dtype =
     config = AutoConfig.from_pretrained(name_or_path)
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise LpError(f"model.name_or_path={name_or_path} is a {config.model_type!r} model, not a causal LM")
-    return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation=attn_implementation(attn))
+    return AutoModelForCausalLM.from_pretrained(
+        name_or_path, dtype=dtype, attn_implementation=attn_implementation(attn)
+    )
 
 
 def load_tokenizer(name_or_path: str):

@@ -71,15 +71,20 @@ class CausalLMModule(L.LightningModule):
         if "general" in losses:
             if torch.isnan(self.baseline_general):
                 self.baseline_general.fill_(losses["general"].item())
-            self.log("forgetting/general", losses["general"] - self.baseline_general, add_dataloader_idx=False)
+            self.log(
+                "forgetting/general", losses["general"] - self.baseline_general, add_dataloader_idx=False
+            )
 
     def configure_optimizers(self):
         decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
+        for p in self.model.parameters():
             if p.requires_grad:
                 # norms and biases are not decayed (standard for LLaMA-style training)
                 (no_decay if p.ndim < 2 else decay).append(p)
-        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": self.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
         fused = self.device.type == "cuda"
         opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, fused=fused)
         total = max(1, int(self.trainer.estimated_stepping_batches))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -26,7 +27,14 @@ from lp.models import check_checkpoint, load_model, load_tokenizer, read_expansi
 from lp.module import CausalLMModule
 from lp.tiny import tiny_base
 
-HPARAM_KEYS = ("expansion.blocks", "expansion.position", "expansion.source", "expansion.init", "optim.lr", "seed")
+HPARAM_KEYS = (
+    "expansion.blocks",
+    "expansion.position",
+    "expansion.source",
+    "expansion.init",
+    "optim.lr",
+    "seed",
+)
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="train")
@@ -40,8 +48,15 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """The whole experiment; returns the final metrics."""
+@dataclass
+class RunResult:
+    metrics: dict[str, float]  # final val/<domain>/loss and forgetting/general
+    module: CausalLMModule  # the trained model, in memory
+    export: Path | None
+
+
+def run(cfg: DictConfig, run_dir: Path) -> RunResult:
+    """The whole experiment."""
     if cfg.model.name_or_path:
         check_checkpoint(str(cfg.model.name_or_path))
     plan_args = _plan_args(cfg)
@@ -67,12 +82,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     trainer.fit(module, datamodule=data)
     if trainer.global_step % int(cfg.trainer.val_check_interval) != 0:
         trainer.validate(module, datamodule=data, verbose=False)
-    final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "forgetting/"))}
+    final = {
+        k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "forgetting/"))
+    }
     write_hparams(logger.log_dir, _hparams(cfg, plan), sorted(final))
+    out = None
     if cfg.export and trainer.is_global_zero:
         out = export_checkpoint(model, tokenizer, plan, name, run_dir / "export")
         print(f"lp: exported {out}\nlp: tensorboard --logdir {run_dir}")
-    return final
+    return RunResult(final, module, out)
 
 
 def resolve_base(cfg: DictConfig) -> str:

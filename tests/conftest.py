@@ -14,8 +14,13 @@ def tiny_llama(layers: int = 4, seed: int = 0, **kw) -> LlamaForCausalLM:
     """transformers' tester scale: hidden 32, vocab 99, randomly initialised."""
     torch.manual_seed(seed)
     cfg = dict(
-        vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        vocab_size=99,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
     )
     cfg.update(kw)
     model = LlamaForCausalLM(LlamaConfig(**cfg))

@@ -18,8 +18,13 @@ def batches(n=12, seq=16):
 
 def fit(module, callbacks, steps=3):
     trainer = L.Trainer(
-        max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=callbacks, accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        accelerator="cpu",
     )
     trainer.fit(module, train_dataloaders=batches())
     return trainer

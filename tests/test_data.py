@@ -48,7 +48,11 @@ def test_split_is_a_stable_function_of_the_text():
 
 
 def test_gutenberg_bodies_drop_headers_and_licences():
-    text = "Header\n*** START OF THE PROJECT GUTENBERG EBOOK, X ***\nBody one.\n*** END OF THE PROJECT GUTENBERG EBOOK, X ***\nLicence\n*** START OF THIS PROJECT GUTENBERG EBOOK Y ***\nBody two.\n*** END OF THIS\n"
+    text = (
+        "Header\n*** START OF THE PROJECT GUTENBERG EBOOK, X ***\nBody one.\n"
+        "*** END OF THE PROJECT GUTENBERG EBOOK, X ***\nLicence\n"
+        "*** START OF THIS PROJECT GUTENBERG EBOOK Y ***\nBody two.\n*** END OF THIS\n"
+    )
     assert [b.strip() for b in gutenberg_bodies(text)] == ["Body one.", "Body two."]
 
 
@@ -82,17 +86,21 @@ def test_same_seed_same_rows(tokenizer):
     a = [r["input_ids"] for r in itertools.islice(iter(mixture(tokenizer, seed=1)), 20)]
     b = [r["input_ids"] for r in itertools.islice(iter(mixture(tokenizer, seed=1)), 20)]
     c = [r["input_ids"] for r in itertools.islice(iter(mixture(tokenizer, seed=2)), 20)]
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
 
 
 def dm(tokenizer, tmp_path, **kw):
     general = tmp_path / "general.jsonl"
-    general.write_text("\n".join(json.dumps({"text": f"Story {i}: the cat sat on mat {i}."}) for i in range(400)))
+    general.write_text(
+        "\n".join(json.dumps({"text": f"Story {i}: the cat sat on mat {i}."}) for i in range(400))
+    )
     args = dict(
         sources={"code": {"kind": "stdlib_code", "weight": 1.5}, "math": {"kind": "math", "weight": 1.0}},
         general={"kind": "files", "files": str(general)},
-        seq_len=32, eval_tokens=256, eval_fraction=0.1,
+        seq_len=32,
+        eval_tokens=256,
+        eval_fraction=0.1,
     )
     args.update(kw)
     d = MixtureDataModule(tokenizer, **args)

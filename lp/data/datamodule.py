@@ -63,7 +63,10 @@ class MixtureDataModule(L.LightningDataModule):
             parts = by_domain[domain]
             share = -(-self.eval_tokens // len(parts))
             self.eval_sets[domain] = torch.cat(
-                [eval_rows(s, self.tokenizer, self.seq_len, share, self.seed, self.eval_fraction) for s in parts]
+                [
+                    eval_rows(s, self.tokenizer, self.seq_len, share, self.seed, self.eval_fraction)
+                    for s in parts
+                ]
             )
 
     def train_dataloader(self) -> DataLoader:
@@ -72,5 +75,6 @@ class MixtureDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> list[DataLoader]:
         return [
-            DataLoader(TensorDataset(self.eval_sets[d]), batch_size=self.eval_batch_size) for d in self.domains
+            DataLoader(TensorDataset(self.eval_sets[d]), batch_size=self.eval_batch_size)
+            for d in self.domains
         ]

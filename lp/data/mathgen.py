@@ -8,8 +8,8 @@ must learn procedures, not just answers. Same seed, same problems.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator
 from fractions import Fraction
-from typing import Callable, Iterator
 
 NAMES = ["Ada", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hugo", "Ines", "Jun"]
 ITEMS = ["apples", "books", "marbles", "stamps", "coins", "pencils", "cards", "shells"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -50,7 +50,9 @@ class PackedMixture(IterableDataset):
             yield {"input_ids": ids, "labels": ids.clone(), "source": k}
 
 
-def eval_rows(source: Source, tokenizer, seq_len: int, n_tokens: int, seed: int, eval_fraction: float) -> torch.Tensor:
+def eval_rows(
+    source: Source, tokenizer, seq_len: int, n_tokens: int, seed: int, eval_fraction: float
+) -> torch.Tensor:
     """The first ``n_tokens`` (rounded up to whole rows) of the held-out documents."""
     rows = max(1, -(-n_tokens // seq_len))
     buf: list[int] = []

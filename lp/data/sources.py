@@ -12,14 +12,13 @@ import glob
 import hashlib
 import importlib.resources
 import importlib.util
-import itertools
 import json
 import random
 import re
 import sysconfig
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from lp.data.mathgen import math_problems
 from lp.errors import LpError
@@ -50,7 +49,7 @@ def split(docs: Iterator[str], eval_fraction: float, want_eval: bool) -> Iterato
 def _cycle_shuffled(load: Callable[[], list], seed: int, read: Callable = lambda x: x) -> Iterator[str]:
     items = load()
     rng = random.Random(seed)
-    for epoch in itertools.count():
+    while True:
         order = list(items)
         rng.shuffle(order)
         for item in order:
@@ -133,11 +132,17 @@ def read_local_documents(files: str | list[str], text_field: str, name: str) -> 
 def _read_one(path: Path, text_field: str, name: str) -> list[str]:
     if path.suffix in (".jsonl", ".json"):
         raw = path.read_text(encoding="utf-8")
-        rows = json.loads(raw) if path.suffix == ".json" else [json.loads(l) for l in raw.splitlines() if l.strip()]
+        rows = (
+            json.loads(raw)
+            if path.suffix == ".json"
+            else [json.loads(l) for l in raw.splitlines() if l.strip()]
+        )
         try:
             return [str(r[text_field]) for r in rows]
         except (KeyError, TypeError):
-            raise LpError(f"data source {name!r}: {path} has rows without the text field {text_field!r}") from None
+            raise LpError(
+                f"data source {name!r}: {path} has rows without the text field {text_field!r}"
+            ) from None
     return paragraphs_chunks(path.read_text(encoding="utf-8", errors="replace"), 2000)
 
 

@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 from lp.errors import LpError
 
@@ -90,7 +90,7 @@ class ExpansionPlan:
         return json.dumps({**extra, **self.to_dict()}, indent=2)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ExpansionPlan":
+    def from_dict(cls, d: dict) -> ExpansionPlan:
         pos = d["position"]
         return cls(
             base_layers=int(d["base_layers"]),
@@ -119,7 +119,7 @@ def make_plan(
     indices = insertion_indices(base_layers, blocks, position)
     sources = [_source_layer(i, indices, base_layers, source) for i in indices]
     layer_map, new_layers = [], []
-    pending = sorted(zip(indices, sources), key=lambda t: t[0])  # stable: keeps list order
+    pending = sorted(zip(indices, sources, strict=True), key=lambda t: t[0])  # stable: keeps list order
     k = 0
     for base in range(base_layers + 1):
         while k < len(pending) and pending[k][0] == base:

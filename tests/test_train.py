@@ -1,0 +1,119 @@
+"""End to end: the real Hydra config, a real Trainer, real TensorBoard files and a
+real safetensors export, on the smoke-sized offline default."""
+
+import json
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import AutoModelForCausalLM
+
+from lp.train import run
+from tests.conftest import ROOT, run_lp
+
+TAGS = {
+    "train/loss",
+    "val/code/loss",
+    "val/math/loss",
+    "val/general/loss",
+    "forgetting/general",
+    "perf/tokens_per_s",
+    "perf/trainable_params",
+}
+
+
+def compose_cfg(overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        return compose("train", overrides=["experiment=smoke", *overrides])
+
+
+@pytest.fixture(scope="module")
+def trained(lp_cache, tmp_path_factory):
+    """One in-process smoke run shared by the checks below."""
+    out = tmp_path_factory.mktemp("run")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LP_CACHE", str(lp_cache))
+    try:
+        cfg = compose_cfg([f"logger.save_dir={out}"])
+        result = run(cfg, out)
+    finally:
+        mp.undo()
+    return out, result
+
+
+def scalars(run_dir):
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def test_tensorboard_has_every_tag_and_a_step0_baseline(trained):
+    run_dir, result = trained
+    acc = scalars(run_dir)
+    assert TAGS <= set(acc.Tags()["scalars"])
+    forgetting = acc.Scalars("forgetting/general")
+    assert forgetting[0].step == 0 and forgetting[0].value == 0.0
+    general = acc.Scalars("val/general/loss")
+    assert len(general) >= 2  # before training and after
+    assert forgetting[-1].value == pytest.approx(general[-1].value - general[0].value, abs=1e-5)
+    assert acc.Scalars("perf/trainable_params")[0].value == sum(
+        p.numel() for p in result.module.model.parameters() if p.requires_grad
+    )
+
+
+def test_hparams_tab_lists_settings_and_final_metrics(trained):
+    run_dir, _ = trained
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    exp = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {h.name for h in exp.hparam_infos} >= {"expansion.blocks", "expansion.position", "expansion.init"}
+    assert {m.name.tag for m in exp.metric_infos} >= {
+        "val/general/loss",
+        "forgetting/general",
+        "val/code/loss",
+    }
+
+
+def test_export_loads_and_matches_the_trained_model(trained):
+    run_dir, result = trained
+    export = run_dir / "export"
+    meta = json.loads((export / "lp_expansion.json").read_text())
+    assert (
+        meta["base_layers"] == 4 and meta["new_layers"] == [2, 5] and meta["layer_map"] == [0, 1, 1, 2, 3, 3]
+    )
+    assert meta["position"] == "interleave" and meta["init"] == "zero_out" and meta["base_model"]
+    loaded = AutoModelForCausalLM.from_pretrained(export).eval()
+    ids = torch.arange(40).view(2, 20)
+    model = result.module.model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_frozen_layers_in_export_are_bit_identical_to_base(trained):
+    run_dir, _ = trained
+    export = run_dir / "export"
+    meta = json.loads((export / "lp_expansion.json").read_text())
+    new, base = load_file(export / "model.safetensors"), load_file(f"{meta['base_model']}/model.safetensors")
+    for name, t in new.items():
+        if not name.startswith("model.layers."):
+            assert torch.equal(t, base[name]), name
+            continue
+        j, rest = name.split(".")[2], ".".join(name.split(".")[3:])
+        src = f"model.layers.{meta['layer_map'][int(j)]}.{rest}"
+        if int(j) in meta["new_layers"]:
+            assert not torch.equal(t, base[src]) or "norm" in name, f"new block tensor {name} did not train"
+        else:
+            assert torch.equal(t, base[src]), name
+
+
+def test_cli_run_writes_run_dir(lp_cache, tmp_path):
+    res = run_lp(["lp.train", "experiment=smoke", f"hydra.run.dir={tmp_path}/r"], lp_cache, ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "r/export/model.safetensors").is_file()
+    assert (tmp_path / "r/.hydra/config.yaml").is_file()
+    assert "tensorboard --logdir" in res.stdout
