@@ -80,5 +80,5 @@ def test_config_round_trips_through_autoconfig(tmp_path):
 def test_unsupported_family_names_the_supported_ones():
     model = tiny_llama(2)
     model.config.model_type = "gpt_neox"
-    with pytest.raises(LpError, match="supported: llama, mistral, qwen2"):
+    with pytest.raises(LpError, match="supported: gemma, gemma2, llama, mistral, mixtral, phi3, qwen2"):
         expand_model(model, make_plan(2, 1))

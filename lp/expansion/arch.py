@@ -1,13 +1,15 @@
 """Per-architecture facts, in one table, so adding a family is a few lines.
 
-For each Hugging Face ``model_type``: where the decoder blocks live, which of a
-block's tensors write into the residual stream (zeroed by ``init=zero_out``),
-which are its norms (zeroed by ``init=zero_norm``), and which config fields hold
-one entry per layer and so grow with depth.
+Names are relative to one decoder block and match tensor names in a block's
+``state_dict`` as well as in a checkpoint (``model.layers.<i>.<name>``): a
+prefix matches the tensor of that name and every tensor below it, so
+``self_attn.o_proj`` covers its weight and, where the family has one, its bias.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 
 from lp.errors import LpError
@@ -15,19 +17,68 @@ from lp.errors import LpError
 
 @dataclass(frozen=True)
 class ArchFacts:
-    layers: str = "model.layers"  # attribute path from the *ForCausalLM to the block list
-    residual_out: tuple[str, ...] = ("self_attn.o_proj", "mlp.down_proj")  # modules; weight and bias zeroed
+    # attribute path from the *ForCausalLM to the block list; "model.layers.<i>." in checkpoints
+    layers: str = "model.layers"
+    # what writes into the residual stream: zeroed by init=zero_out
+    residual_out: tuple[str, ...] = ("self_attn.o_proj", "mlp.down_proj")
+    # the block's norms: set to ``norm_zero`` by init=zero_norm
     norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
-    attention: str = "self_attn"  # module that carries ``layer_idx`` for the KV cache
+    # the weight value at which a norm outputs zeros (Gemma scales by 1 + weight)
+    norm_zero: float = 0.0
+    # the module that carries ``layer_idx`` (the KV-cache slot)
+    attention: str = "self_attn"
+    # config fields holding one entry per layer
     per_layer_config: tuple[str, ...] = ("layer_types",)
 
+    def is_residual_out(self, name: str) -> bool:
+        return _matches(name, self.residual_out)
 
-_LLAMA_LIKE = ArchFacts()
+    def is_norm(self, name: str) -> bool:
+        return _matches(name, self.norms)
+
+
+def _matches(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(_pattern(p).fullmatch(name) for p in prefixes)
+
+
+@functools.cache
+def _pattern(prefix: str) -> re.Pattern:
+    # "*" stands for one name part (an expert index); the prefix covers everything below it
+    return re.compile(re.escape(prefix).replace(r"\*", r"[^.]+") + r"(\..+)?")
+
+
+LLAMA = ArchFacts()
+# every expert's down projection: fused 3-D in memory (transformers 5), one tensor per
+# expert in checkpoints (Mixtral's w2, Qwen-MoE's down_proj)
+MOE = ArchFacts(
+    residual_out=(
+        "self_attn.o_proj",
+        "mlp.experts.down_proj",
+        "block_sparse_moe.experts.*.w2",
+        "mlp.experts.*.down_proj",
+    )
+)
+GEMMA = ArchFacts(norm_zero=-1.0)
+GEMMA2 = ArchFacts(
+    norm_zero=-1.0,
+    norms=(
+        "input_layernorm",
+        "post_attention_layernorm",
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
+    ),
+)
 
 ARCHS: dict[str, ArchFacts] = {
-    "llama": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
+    "llama": LLAMA,
+    "mistral": LLAMA,
+    "qwen2": LLAMA,  # q/k/v biases do not write into the residual stream
+    "qwen3": LLAMA,  # q_norm/k_norm sit inside attention, ahead of o_proj
+    "phi3": LLAMA,  # fused qkv_proj/gate_up_proj; the outputs are still o_proj/down_proj
+    "gemma": GEMMA,
+    "gemma2": GEMMA2,
+    "mixtral": MOE,
+    "qwen3_moe": MOE,
 }
 
 
@@ -37,5 +88,5 @@ def arch_facts(model_type: str) -> ArchFacts:
     except KeyError:
         raise LpError(
             f"model_type {model_type!r} is not supported for block expansion; supported: "
-            f"{', '.join(sorted(ARCHS))} (add an entry to lp/expansion/arch.py: ARCHS)"
+            f"{', '.join(sorted(ARCHS))} (add an entry to ARCHS in lp/expansion/arch.py)"
         ) from None

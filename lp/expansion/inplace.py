@@ -42,15 +42,27 @@ def expand_model(model: nn.Module, plan: ExpansionPlan) -> nn.Module:
 
 
 def init_new_block(block: nn.Module, init: str, facts: ArchFacts) -> None:
-    """``zero_out``: residual-output projections (and biases) to zero, so the block
-    adds nothing to the residual stream. ``zero_norm``: the block's norm weights to
-    zero, so its sublayers see zeros (the ablation the paper argues against).
-    ``copy``: untouched."""
-    names = {"zero_out": facts.residual_out, "zero_norm": facts.norms, "copy": ()}[init]
+    """Initialise a copied block in place; see ``init_value``."""
     with torch.no_grad():
-        for name in names:
-            for p in block.get_submodule(name).parameters(recurse=False):
-                p.zero_()
+        for name, t in block.state_dict(keep_vars=True).items():
+            value = init_value(name, init, facts)
+            if value is not None:
+                t.fill_(value)
+
+
+def init_value(name: str, init: str, facts: ArchFacts) -> float | None:
+    """The constant a new block's tensor ``name`` is set to, or None to keep the copy.
+
+    ``zero_out`` (paper): residual-output projections and their biases are zero,
+    so the block adds nothing to the residual stream. ``zero_norm``: the block's
+    norms output zeros, so its sublayers see zeros (the ablation the paper argues
+    against: the norm's gradient vanishes). ``copy``: untouched, not an identity.
+    """
+    if init == "zero_out" and facts.is_residual_out(name):
+        return 0.0
+    if init == "zero_norm" and facts.is_norm(name):
+        return facts.norm_zero
+    return None
 
 
 def renumber_layers(model: nn.Module, facts: ArchFacts) -> None:

@@ -1,0 +1,292 @@
+"""Expand a checkpoint directory into another, one tensor at a time.
+
+Public expansion scripts load the whole model; this reads each tensor from the
+source only when it is written and never holds more than one in memory, so a
+70B checkpoint expands on an ordinary machine. safetensors sources are copied
+byte for byte (``os.copy_file_range``: the data need not pass through Python);
+``.bin`` sources are memory-mapped. The safetensors *writer* is hand-written
+because the library's ``save_file`` needs every tensor of a shard in memory at
+once; the format (8-byte header length, JSON header, raw little-endian data)
+is small and stable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+from lp.errors import LpError
+from lp.expansion.arch import ArchFacts, arch_facts
+from lp.expansion.inplace import init_value
+from lp.expansion.plan import ExpansionPlan
+
+EXPANSION_FILE = "lp_expansion.json"
+INDEX = "model.safetensors.index.json"
+WEIGHT_FILE = re.compile(r".*\.(safetensors|bin|pt|pth)$|.*\.(safetensors|bin)\.index\.json$")
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}  # fmt: skip
+CODES = {v: k for k, v in DTYPES.items()}
+TORCH_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # what --dtype accepts
+CHUNK = 64 << 20
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str  # safetensors code, e.g. "BF16"
+    shape: tuple[int, ...]
+    file: Path
+    offset: int | None  # byte offset of the data in a safetensors file; None for .bin
+
+    @property
+    def nbytes(self) -> int:
+        n = torch.tensor([], dtype=DTYPES[self.dtype]).element_size()
+        for d in self.shape:
+            n *= d
+        return n
+
+
+# ---- reading ------------------------------------------------------------------------
+
+
+def read_header(path: Path) -> tuple[dict, int]:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(n)), 8 + n
+
+
+def source_tensors(src: Path) -> dict[str, TensorInfo]:
+    """Every tensor of a checkpoint directory, without loading any data."""
+    files = sorted(src.glob("*.safetensors"))
+    if files:
+        out = {}
+        for f in files:
+            header, base = read_header(f)
+            for name, h in header.items():
+                if name != "__metadata__":
+                    out[name] = TensorInfo(h["dtype"], tuple(h["shape"]), f, base + h["data_offsets"][0])
+        return out
+    bins = sorted(p for p in src.glob("*.bin") if p.name != "training_args.bin")
+    if not bins:
+        raise LpError(f"{src} holds no *.safetensors or *.bin weights")
+    out = {}
+    for f in bins:
+        for name, t in torch.load(f, mmap=True, weights_only=True, map_location="cpu").items():
+            out[name] = TensorInfo(CODES[t.dtype], tuple(t.shape), f, None)
+    return out
+
+
+_BIN_CACHE: dict[Path, dict] = {}
+
+
+def _bin_tensor(info: TensorInfo, name: str) -> torch.Tensor:
+    if info.file not in _BIN_CACHE:  # memory-mapped: pages are read on demand, not held
+        _BIN_CACHE.clear()
+        _BIN_CACHE[info.file] = torch.load(info.file, mmap=True, weights_only=True, map_location="cpu")
+    return _BIN_CACHE[info.file][name]
+
+
+# ---- the output layout --------------------------------------------------------------
+
+LAYER = re.compile(r"^(?P<prefix>.*?layers)\.(?P<i>\d+)\.(?P<rest>.+)$")
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    name: str
+    source: str
+    dtype: str
+    fill: float | None  # a constant (new block, zeroed tensor) instead of the source data
+
+
+def output_tensors(
+    tensors: dict[str, TensorInfo], plan: ExpansionPlan, facts: ArchFacts, dtype: str | None
+) -> list[OutTensor]:
+    prefix = facts.layers
+    by_layer: dict[int, list[int]] = {}
+    for j, src in enumerate(plan.layer_map):
+        by_layer.setdefault(src, []).append(j)
+    new = set(plan.new_layers)
+    out = []
+    for name, info in tensors.items():
+        m = LAYER.match(name)
+        to = TORCH_NAMES[dtype] if (dtype and info.dtype in ("F64", "F32", "F16", "BF16")) else info.dtype
+        if m is None or m["prefix"] != prefix:
+            out.append(OutTensor(name, name, to, None))
+            continue
+        for j in by_layer.get(int(m["i"]), []):
+            fill = init_value(m["rest"], plan.init, facts) if j in new else None
+            out.append(OutTensor(f"{prefix}.{j}.{m['rest']}", name, to, fill))
+    return sorted(out, key=lambda t: _natural(t.name))
+
+
+def _natural(name: str) -> list:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def shards(out: list[OutTensor], tensors: dict[str, TensorInfo], shard_size: int) -> list[list[OutTensor]]:
+    groups, cur, size = [], [], 0
+    for t in out:
+        n = _nbytes(t, tensors)
+        if cur and size + n > shard_size:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(t)
+        size += n
+    return [*groups, cur] if cur else groups
+
+
+def _nbytes(t: OutTensor, tensors: dict[str, TensorInfo]) -> int:
+    info = tensors[t.source]
+    return TensorInfo(t.dtype, info.shape, info.file, None).nbytes
+
+
+# ---- writing ------------------------------------------------------------------------
+
+
+def write_shard(path: Path, group: list[OutTensor], tensors: dict[str, TensorInfo]) -> None:
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for t in group:
+        n = _nbytes(t, tensors)
+        header[t.name] = {
+            "dtype": t.dtype,
+            "shape": list(tensors[t.source].shape),
+            "data_offsets": [offset, offset + n],
+        }
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for t in group:
+            _write_tensor(f, t, tensors[t.source])
+
+
+def _write_tensor(f: BinaryIO, t: OutTensor, info: TensorInfo) -> None:
+    if t.fill is not None:
+        one = torch.full((1,), t.fill, dtype=DTYPES[t.dtype]).view(torch.uint8).numpy().tobytes()
+        n = _nbytes_of(t.dtype, info.shape)
+        block = one * (min(n, CHUNK) // len(one))
+        for start in range(0, n, len(block)):
+            f.write(block[: n - start])
+    elif t.dtype == info.dtype and info.offset is not None:
+        _copy_range(info.file, info.offset, info.nbytes, f)
+    else:
+        tensor = _load(info, t.source).to(DTYPES[t.dtype]).contiguous()
+        f.write(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+
+
+def _nbytes_of(dtype: str, shape: tuple[int, ...]) -> int:
+    return TensorInfo(dtype, shape, Path(), None).nbytes
+
+
+def _load(info: TensorInfo, name: str) -> torch.Tensor:
+    if info.offset is None:
+        return _bin_tensor(info, name)
+    with open(info.file, "rb") as f:
+        f.seek(info.offset)
+        data = bytearray(f.read(info.nbytes))
+    return (
+        torch.frombuffer(data, dtype=DTYPES[info.dtype]).view(info.shape) if data else torch.empty(info.shape)
+    )
+
+
+def _copy_range(src: Path, offset: int, n: int, dst: BinaryIO) -> None:
+    dst.flush()
+    with open(src, "rb") as s:
+        done = 0
+        try:  # in-kernel copy on Linux; falls back to plain reads elsewhere
+            while done < n:
+                k = os.copy_file_range(s.fileno(), dst.fileno(), n - done, offset + done)
+                if k == 0:
+                    break
+                done += k
+        except (AttributeError, OSError):
+            pass
+        if done < n:
+            s.seek(offset + done)
+            dst.seek(0, os.SEEK_END)
+            while done < n:
+                chunk = s.read(min(CHUNK, n - done))
+                dst.write(chunk)
+                done += len(chunk)
+    dst.seek(0, os.SEEK_END)
+
+
+# ---- the whole directory ------------------------------------------------------------
+
+
+def expand_checkpoint(
+    src: Path, dst: Path, plan: ExpansionPlan, shard_size: int, dtype: str | None = None, force: bool = False
+) -> Path:
+    """Write the expanded checkpoint to ``dst`` (built beside it, renamed at the end)."""
+    config = json.loads((src / "config.json").read_text())
+    facts = arch_facts(config.get("model_type"))
+    tensors = source_tensors(src)
+    out = output_tensors(tensors, plan, facts, dtype)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    try:
+        groups = shards(out, tensors, shard_size)
+        weight_map = {}
+        for k, group in enumerate(groups, 1):
+            name = f"model-{k:05d}-of-{len(groups):05d}.safetensors"
+            write_shard(tmp / name, group, tensors)
+            weight_map.update({t.name: name for t in group})
+        total = sum(_nbytes(t, tensors) for t in out)
+        (tmp / INDEX).write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+        )
+        _copy_side_files(src, tmp)
+        (tmp / "config.json").write_text(
+            json.dumps(expanded_config(config, plan, facts, dtype), indent=2) + "\n"
+        )
+        (tmp / EXPANSION_FILE).write_text(plan.to_json(base_model=str(src)) + "\n")
+        _swap_in(tmp, dst, force)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+def expanded_config(config: dict, plan: ExpansionPlan, facts: ArchFacts, dtype: str | None) -> dict:
+    config = dict(config)
+    config["num_hidden_layers"] = plan.num_layers
+    for field in facts.per_layer_config:
+        values = config.get(field)
+        if isinstance(values, list) and len(values) == plan.base_layers:
+            config[field] = [values[i] for i in plan.layer_map]
+    if dtype:
+        for key in ("torch_dtype", "dtype"):
+            if key in config:
+                config[key] = dtype
+    return config
+
+
+def _copy_side_files(src: Path, dst: Path) -> None:
+    """Tokenizer, generation config and any other non-weight file, as they are."""
+    for p in src.iterdir():
+        if p.is_file() and not WEIGHT_FILE.match(p.name) and p.name not in ("config.json", EXPANSION_FILE):
+            shutil.copy2(p, dst / p.name)
+
+
+def _swap_in(tmp: Path, dst: Path, force: bool) -> None:
+    if dst.exists():
+        if not force:
+            raise LpError(f"{dst} exists; pass --force to replace it")
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        dst.rename(old)
+        tmp.rename(dst)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(dst)
