@@ -12,10 +12,10 @@ import json
 import sys
 from pathlib import Path
 
+from lp.checkpoints import EXPANSION_FILE, check_checkpoint
 from lp.errors import LpError
-from lp.expansion.checkpoint import EXPANSION_FILE, TORCH_NAMES, expand_checkpoint
+from lp.expansion.checkpoint import TORCH_NAMES, expand_checkpoint
 from lp.expansion.plan import INITS, POSITIONS, SOURCES, make_plan
-from lp.models import check_checkpoint
 
 UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         src, dst = args.src.expanduser(), args.dst.expanduser()
         if not src.is_dir():
             raise LpError(f"{src} does not exist or is not a directory; give a local Hugging Face checkpoint")
-        check_checkpoint(str(src))
+        check_checkpoint(str(src), label="SRC")
         if (src / EXPANSION_FILE).is_file():
             raise LpError(f"{src} is already expanded ({EXPANSION_FILE}); expand its base model instead")
         if dst.exists() and not args.force:

@@ -7,8 +7,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from lp.checkpoints import EXPANSION_FILE
 from lp.expansion import ExpansionPlan
-from lp.models import EXPANSION_FILE
 
 
 def export_checkpoint(model, tokenizer, plan: ExpansionPlan, base_model: str, out: Path) -> Path:

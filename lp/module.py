@@ -43,12 +43,12 @@ class CausalLMModule(L.LightningModule):
         # saved in checkpoints so a resumed run keeps measuring against the same base
         self.register_buffer("baseline_general", torch.tensor(float("nan")))
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None):
-        return self.model(input_ids=input_ids, labels=labels)
+    def forward(self, input_ids: torch.Tensor, labels=None, position_ids=None):
+        return self.model(input_ids=input_ids, labels=labels, position_ids=position_ids)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         ids, labels = _inputs(batch)
-        loss = self(ids, labels).loss
+        loss = self(ids, labels, batch.get("position_ids")).loss
         self.log("train/loss", loss, prog_bar=True, batch_size=ids.shape[0])
         return loss
 

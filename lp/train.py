@@ -19,11 +19,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lp.callbacks import FreezeCallback, IdentityCheck, Throughput
+from lp.checkpoints import check_checkpoint, read_expansion
 from lp.errors import LpError
 from lp.expansion import expand_model, make_plan
 from lp.export import export_checkpoint
 from lp.hparams import write_hparams
-from lp.models import check_checkpoint, load_model, load_tokenizer, read_expansion
+from lp.models import load_model, load_tokenizer
 from lp.module import CausalLMModule
 from lp.tiny import tiny_base
 
@@ -59,14 +60,15 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     """The whole experiment."""
     if cfg.model.name_or_path:
         check_checkpoint(str(cfg.model.name_or_path))
-    plan_args = _plan_args(cfg)
+    # an already expanded checkpoint (lp.expand, an lp export) trains its recorded new blocks
+    recorded = read_expansion(str(cfg.model.name_or_path)) if cfg.model.name_or_path else None
+    plan_args = None if recorded else _plan_args(cfg)
     name = resolve_base(cfg)  # builds the tiny base once when no checkpoint is given
     L.seed_everything(cfg.seed, workers=True)
     model = load_model(name, cfg.model.attn, cfg.model.dtype)
     tokenizer = load_tokenizer(name)
-    plan = read_expansion(name)  # an already expanded checkpoint trains its recorded new blocks
-    if plan is None:
-        plan = make_plan(model.config.num_hidden_layers, **plan_args)
+    plan = recorded or make_plan(model.config.num_hidden_layers, **plan_args)
+    if not recorded:
         expand_model(model, plan)
     data = instantiate(cfg.data, tokenizer=tokenizer, _convert_="all")
     module = CausalLMModule(model, plan, tuple(data.domains), **cfg.optim)

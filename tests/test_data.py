@@ -120,7 +120,7 @@ def test_eval_sets_do_not_depend_on_training_settings(tokenizer, tmp_path):
 def test_eval_documents_never_reach_training(tokenizer, tmp_path):
     d = dm(tokenizer, tmp_path)
     math = d.sources[1]
-    held = {doc for doc in itertools.islice(math.documents(0), 3000) if is_eval(doc, 0.1)}
+    held = {doc for doc in itertools.islice(math.documents(0, 0), 3000) if is_eval(doc, 0.1)}
     trained = [r for r in itertools.islice(iter(d.train_dataloader().dataset), 300) if r["source"] == 1]
     text = "".join(tokenizer.decode(r["input_ids"]) for r in trained)
     assert held and not any(h in text for h in held)

@@ -117,3 +117,22 @@ def test_cli_run_writes_run_dir(lp_cache, tmp_path):
     assert (tmp_path / "r/export/model.safetensors").is_file()
     assert (tmp_path / "r/.hydra/config.yaml").is_file()
     assert "tensorboard --logdir" in res.stdout
+
+
+def test_an_expanded_checkpoint_trains_its_recorded_blocks(trained, lp_cache, tmp_path, monkeypatch):
+    from lp.expand import main as expand_main
+
+    base = json.loads((trained[0] / "export/lp_expansion.json").read_text())["base_model"]
+    dst = tmp_path / "expanded"
+    assert expand_main([base, str(dst), "--blocks", "1", "--position", "top"]) == 0
+    before = load_file(next(dst.glob("*.safetensors")))
+    monkeypatch.setenv("LP_CACHE", str(lp_cache))
+    # expansion.blocks=3 is ignored: the recorded plan wins over the expansion settings
+    cfg = compose_cfg(
+        [f"logger.save_dir={tmp_path}", "model=hf", f"model.name_or_path={dst}", "expansion.blocks=3"]
+    )
+    result = run(cfg, tmp_path / "run")
+    assert result.module.plan.new_layers == (4,) and result.module.model.config.num_hidden_layers == 5
+    after = load_file(tmp_path / "run/export/model.safetensors")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("model.layers.4.") for k in changed), changed

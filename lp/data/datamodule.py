@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lp.data.packing import PackedMixture, eval_rows
 from lp.data.sources import Source, build_source
@@ -32,7 +35,8 @@ class MixtureDataModule(L.LightningDataModule):
         eval_tokens: int = 16384,
         eval_fraction: float = 0.05,
         seed: int = 0,
-        num_workers: int = 0,
+        num_workers: int = 1,
+        reset_position_ids: bool = False,
     ):
         super().__init__()
         if not sources:
@@ -42,7 +46,7 @@ class MixtureDataModule(L.LightningDataModule):
         self.general = build_source("general", {"domain": "general", **dict(general)}) if general else None
         self.seq_len, self.batch_size, self.eval_batch_size = seq_len, batch_size, eval_batch_size
         self.eval_tokens, self.eval_fraction = eval_tokens, eval_fraction
-        self.seed, self.num_workers = seed, num_workers
+        self.seed, self.num_workers, self.reset_position_ids = seed, num_workers, reset_position_ids
         self.eval_sets: dict[str, torch.Tensor] = {}
 
     @property
@@ -69,9 +73,15 @@ class MixtureDataModule(L.LightningDataModule):
                 ]
             )
 
-    def train_dataloader(self) -> DataLoader:
-        data = PackedMixture(self.sources, self.tokenizer, self.seq_len, self.seed, self.eval_fraction)
-        return DataLoader(data, batch_size=self.batch_size, num_workers=self.num_workers)
+    def train_dataloader(self) -> StatefulDataLoader:
+        if self.num_workers > 0:
+            # workers tokenise in parallel already; the Rust thread pool would oversubscribe
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        data = PackedMixture(
+            self.sources, self.tokenizer, self.seq_len, self.seed, self.eval_fraction, self.reset_position_ids
+        )
+        # Stateful: Lightning stores its state in checkpoints, so a resumed run continues the stream
+        return StatefulDataLoader(data, batch_size=self.batch_size, num_workers=self.num_workers)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [

@@ -1,9 +1,14 @@
-"""Where documents come from: the offline builtins and local files.
+"""Where documents come from: offline builtins, local files, Hugging Face datasets.
 
-A source yields documents (strings). ``split`` decides, from a document's text
-alone, whether it belongs to the held-out eval set, so train and eval are
-disjoint by construction (a duplicate document always lands on the same side)
-and identical across runs whatever the training settings.
+A source is a deterministic, endless stream of documents (strings): finite
+corpora are reshuffled on every pass. ``documents(seed, start)`` begins at the
+``start``-th document of that stream, so a resumed run continues where it
+stopped without re-reading what came before (O(1) for in-memory corpora).
+
+``is_eval`` decides from a document's text alone whether it belongs to the
+held-out eval set, so train and eval are disjoint by construction (a duplicate
+document always lands on the same side) and identical across runs whatever the
+training settings.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import glob
 import hashlib
 import importlib.resources
 import importlib.util
-import json
+import itertools
+import os
 import random
 import re
 import sysconfig
@@ -23,14 +29,15 @@ from pathlib import Path
 from lp.data.mathgen import math_problems
 from lp.errors import LpError
 
+Documents = Callable[[int, int], Iterator[str]]  # (seed, start) -> endless stream
+
 
 @dataclass
 class Source:
     name: str
     domain: str
     weight: float
-    # documents(seed) -> an endless stream; finite corpora reshuffle on each pass
-    documents: Callable[[int], Iterator[str]] = field(repr=False)
+    documents: Documents = field(repr=False)
 
 
 def is_eval(text: str, eval_fraction: float) -> bool:
@@ -43,19 +50,27 @@ def split(docs: Iterator[str], eval_fraction: float, want_eval: bool) -> Iterato
     return (d for d in docs if is_eval(d, eval_fraction) == want_eval)
 
 
-# ---- document providers -----------------------------------------------------------
+# ---- streams ----------------------------------------------------------------------------
 
 
-def _cycle_shuffled(load: Callable[[], list], seed: int, read: Callable = lambda x: x) -> Iterator[str]:
-    items = load()
-    rng = random.Random(seed)
+def shuffled_passes(items: list, seed: int, start: int, read: Callable = lambda x: x) -> Iterator[str]:
+    """Endless passes over ``items``, each in its own seeded order; begins at ``start``."""
+    if not items:
+        return
+    epoch, pos = divmod(start, len(items))
     while True:
         order = list(items)
-        rng.shuffle(order)
-        for item in order:
-            text = read(item)
-            if text.strip():
-                yield text
+        random.Random(f"{seed}/{epoch}").shuffle(order)
+        for item in order[pos:]:
+            yield read(item)
+        epoch, pos = epoch + 1, 0
+
+
+def generated(make: Callable[[int], Iterator[str]], seed: int, start: int) -> Iterator[str]:
+    return itertools.islice(make(seed), start, None)
+
+
+# ---- offline builtins -------------------------------------------------------------------
 
 
 def stdlib_python_files() -> list[Path]:
@@ -64,12 +79,25 @@ def stdlib_python_files() -> list[Path]:
     sees the same list."""
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"test", "tests", "idle_test", "site-packages", "dist-packages", "lib2to3", "ensurepip"}
-    files = [p for p in root.rglob("*.py") if not skip.intersection(p.relative_to(root).parts)]
-    return sorted(files)
+    return sorted(p for p in root.rglob("*.py") if not skip.intersection(p.relative_to(root).parts))
 
 
 def _read_text(path: Path) -> str:
     return path.read_text(encoding="utf-8", errors="replace")
+
+
+GUTENBERG_BODY = re.compile(r"^\*\*\* ?START OF[^\n]*\n(.*?)^\*\*\* ?END OF", re.S | re.M)
+
+
+def gutenberg_bodies(text: str) -> list[str]:
+    """The books' own text from Project Gutenberg files: what lies between the
+    ``*** START OF`` and ``*** END OF`` markers (licence and headers dropped)."""
+    return GUTENBERG_BODY.findall(text)
+
+
+def unwrap(paragraph: str) -> str:
+    """Join hard-wrapped lines, as prose appears in web-scale corpora."""
+    return " ".join(line.strip() for line in paragraph.splitlines())
 
 
 def paragraphs_chunks(text: str, chars: int) -> list[str]:
@@ -88,106 +116,133 @@ def paragraphs_chunks(text: str, chars: int) -> list[str]:
     return out
 
 
-GUTENBERG_BODY = re.compile(r"^\*\*\* ?START OF[^\n]*\n(.*?)^\*\*\* ?END OF", re.S | re.M)
-
-
-def gutenberg_bodies(text: str) -> list[str]:
-    """The books' own text from Project Gutenberg files: what lies between the
-    ``*** START OF`` and ``*** END OF`` markers (licence and headers dropped)."""
-    return GUTENBERG_BODY.findall(text)
-
-
-def unwrap(paragraph: str) -> str:
-    """Join hard-wrapped lines, as prose appears in web-scale corpora."""
-    return " ".join(line.strip() for line in paragraph.splitlines())
-
-
-def package_text_files(package: str, pattern: str) -> list[Path]:
+def package_text_files(package: str, pattern: str, name: str) -> list[Path]:
     if importlib.util.find_spec(package) is None:
         raise LpError(
-            f"the general-text package {package!r} is not installed; run the install step "
+            f"data source {name!r}: the package {package!r} is not installed; run the install step "
             "(make install) or pip install it"
         )
-    root = Path(str(importlib.resources.files(package)))
-    files = sorted(root.glob(pattern))
+    files = sorted(Path(str(importlib.resources.files(package))).glob(pattern))
     if not files:
-        raise LpError(f"package {package!r} has no files matching {pattern!r}")
+        raise LpError(f"data source {name!r}: package {package!r} has no files matching {pattern!r}")
     return files
 
 
-def read_local_documents(files: str | list[str], text_field: str, name: str) -> list[str]:
-    """jsonl (one JSON object a line), json (a list of objects) or plain text files."""
-    patterns = [files] if isinstance(files, str) else list(files)
-    paths = sorted({p for pat in patterns for p in glob.glob(str(Path(pat).expanduser()))})
-    if not paths:
-        raise LpError(f"data source {name!r}: no file matches {patterns}")
-    docs = []
-    for p in paths:
-        docs.extend(_read_one(Path(p), text_field, name))
-    if not docs:
-        raise LpError(f"data source {name!r}: the files {paths} hold no documents")
-    return docs
+def _stdlib_code(name: str, cfg: dict) -> Documents:
+    files = stdlib_python_files()
+    return lambda seed, start: shuffled_passes(files, seed, start, _read_text)
 
 
-def _read_one(path: Path, text_field: str, name: str) -> list[str]:
-    if path.suffix in (".jsonl", ".json"):
-        raw = path.read_text(encoding="utf-8")
-        rows = (
-            json.loads(raw)
-            if path.suffix == ".json"
-            else [json.loads(l) for l in raw.splitlines() if l.strip()]
-        )
-        try:
-            return [str(r[text_field]) for r in rows]
-        except (KeyError, TypeError):
-            raise LpError(
-                f"data source {name!r}: {path} has rows without the text field {text_field!r}"
-            ) from None
-    return paragraphs_chunks(path.read_text(encoding="utf-8", errors="replace"), 2000)
-
-
-# ---- the registry that configs name by ``kind`` ------------------------------------
-
-
-def _stdlib_code(cfg: dict) -> Callable[[int], Iterator[str]]:
-    return lambda seed: _cycle_shuffled(stdlib_python_files, seed, _read_text)
-
-
-def _math(cfg: dict) -> Callable[[int], Iterator[str]]:
+def _math(name: str, cfg: dict) -> Documents:
     base = int(cfg.get("seed", 0))
-    return lambda seed: math_problems(base * 1_000_003 + seed)
+    return lambda seed, start: generated(math_problems, base * 1_000_003 + seed, start)
 
 
-def _package_text(cfg: dict) -> Callable[[int], Iterator[str]]:
-    package, pattern = cfg["package"], cfg.get("pattern", "**/*.txt")
+def _package_text(name: str, cfg: dict) -> Documents:
     chars, gutenberg = int(cfg.get("chunk_chars", 2000)), bool(cfg.get("gutenberg", False))
-    package_text_files(package, pattern)  # fail early if missing
-
-    def load() -> list[str]:
-        docs = []
-        for f in package_text_files(package, pattern):
-            text = _read_text(f)
-            for body in gutenberg_bodies(text) if gutenberg else [text]:
-                docs.extend(paragraphs_chunks(body, chars))
-        return docs
-
-    return lambda seed: _cycle_shuffled(load, seed)
+    docs = []
+    for f in package_text_files(cfg["package"], cfg.get("pattern", "**/*.txt"), name):
+        text = _read_text(f)
+        for body in gutenberg_bodies(text) if gutenberg else [text]:
+            docs.extend(paragraphs_chunks(body, chars))
+    return lambda seed, start: shuffled_passes(docs, seed, start)
 
 
-def _files(cfg: dict) -> Callable[[int], Iterator[str]]:
-    name = cfg.get("name", "files")
-    docs = read_local_documents(cfg["files"], cfg.get("text_field", "text"), name)
-    return lambda seed: _cycle_shuffled(lambda: docs, seed)
+# ---- datasets-backed: local files and the hub ---------------------------------------------
+
+BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text", ".text": "text"}
 
 
-KINDS = {"stdlib_code": _stdlib_code, "math": _math, "package_text": _package_text, "files": _files}
+def _files(name: str, cfg: dict) -> Documents:
+    """jsonl, json, parquet or plain-text files (globs allowed), streamed by ``datasets``."""
+    patterns = cfg.get("files")
+    if not patterns or patterns == "???":
+        raise LpError(f"data source {name!r}: no files given; set data.sources.{name}.files=/path/*.jsonl")
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    paths = sorted({p for pat in patterns for p in glob.glob(os.path.expanduser(str(pat)), recursive=True)})
+    if not paths:
+        raise LpError(f"data source {name!r}: no file matches {', '.join(map(str, patterns))}")
+    kinds = {BUILDERS.get(Path(p).suffix) for p in paths}
+    if None in kinds or len(kinds) > 1:
+        raise LpError(
+            f"data source {name!r}: files must share one format among {', '.join(BUILDERS)}; got {paths[:3]}"
+        )
+    builder = kinds.pop()
+    kw = {"sample_by": "document"} if builder == "text" else {}
+    field_ = "text" if builder == "text" else cfg.get("text_field", "text")
+    return _hf_stream(name, cfg, field_, dict(path=builder, data_files=paths, **kw))
+
+
+def _hub(name: str, cfg: dict) -> Documents:
+    """A Hugging Face dataset (hub id or local dataset directory), streamed: no full download."""
+    path = str(cfg.get("path", ""))
+    if not path:
+        raise LpError(f"data source {name!r}: kind=hf needs a dataset path (hub id or directory)")
+    offline = any(
+        os.environ.get(v, "0").lower() in ("1", "true") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+    if offline and not Path(path).expanduser().is_dir():
+        raise LpError(
+            f"data source {name!r}: the hub dataset {path!r} needs network, but HF_HUB_OFFLINE is set; "
+            "use data=offline, local files (data=local) or unset HF_HUB_OFFLINE"
+        )
+    args = {k: cfg[k] for k in ("name", "data_dir", "data_files", "revision") if cfg.get(k) is not None}
+    return _hf_stream(name, cfg, cfg.get("text_field", "text"), dict(path=path, **args))
+
+
+def _hf_stream(name: str, cfg: dict, text_field: str, load_args: dict) -> Documents:
+    from datasets import load_dataset  # imported here: the offline default never needs it
+
+    split_ = cfg.get("split", "train")
+    buffer = int(cfg.get("shuffle_buffer", 10_000))
+    try:
+        ds = load_dataset(**load_args, split=split_, streaming=True)
+        first = next(iter(ds), None)
+    except LpError:
+        raise
+    except Exception as e:  # network, missing config, unreadable file: one line, named
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LpError(f"data source {name!r}: cannot read {load_args.get('path')}: {reason}") from None
+    if first is None:
+        raise LpError(f"data source {name!r}: it holds no documents")
+    if text_field not in first:
+        raise LpError(
+            f"data source {name!r}: rows have no text field {text_field!r} (fields: {', '.join(first)}); "
+            f"set data.sources.{name}.text_field"
+        )
+
+    def documents(seed: int, start: int) -> Iterator[str]:
+        epoch = 0
+        while True:  # shard order and a buffer are shuffled per pass (datasets' streaming shuffle)
+            stream = ds.shuffle(seed=seed, buffer_size=buffer)
+            stream.set_epoch(epoch)
+            for row in stream:
+                if start > 0:
+                    start -= 1
+                    continue
+                text = row[text_field]
+                if text:
+                    yield str(text)
+            epoch += 1
+
+    return documents
+
+
+KINDS = {
+    "stdlib_code": _stdlib_code,
+    "math": _math,
+    "package_text": _package_text,
+    "files": _files,
+    "hf": _hub,
+}
 
 
 def build_source(name: str, cfg: dict) -> Source:
+    """Build a source from its settings; any problem is one LpError line naming it."""
     kind = cfg.get("kind")
     if kind not in KINDS:
         raise LpError(f"data source {name!r}: kind={kind!r} is unknown; allowed: {', '.join(KINDS)}")
     weight = cfg.get("weight", 1.0)
-    if not isinstance(weight, (int, float)) or weight <= 0:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
         raise LpError(f"data source {name!r}: weight={weight!r} must be a positive number")
-    return Source(name, str(cfg.get("domain", name)), float(weight), KINDS[kind]({**cfg, "name": name}))
+    return Source(name, str(cfg.get("domain", name)), float(weight), KINDS[kind](name, cfg))

@@ -1,18 +1,19 @@
-"""Block expansion: pure torch + transformers, no Lightning, no Hydra."""
+"""Block expansion: pure torch + transformers, no Lightning, no Hydra.
 
-from lp.expansion.arch import ARCHS, ArchFacts, arch_facts
-from lp.expansion.inplace import decoder_layers, expand_model
-from lp.expansion.plan import INITS, POSITIONS, SOURCES, ExpansionPlan, make_plan
+Exports resolve lazily so that the checkpoint path (``lp.expand``) starts
+without importing torch."""
 
-__all__ = [
-    "ARCHS",
-    "INITS",
-    "POSITIONS",
-    "SOURCES",
-    "ArchFacts",
-    "ExpansionPlan",
-    "arch_facts",
-    "decoder_layers",
-    "expand_model",
-    "make_plan",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "ARCHS": "arch", "ArchFacts": "arch", "arch_facts": "arch", "init_value": "arch",
+    "INITS": "plan", "POSITIONS": "plan", "SOURCES": "plan", "ExpansionPlan": "plan", "make_plan": "plan",
+    "decoder_layers": "inplace", "expand_model": "inplace",
+}  # fmt: skip
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lp.expansion' has no attribute {name!r}")
+    return getattr(import_module(f"lp.expansion.{_EXPORTS[name]}"), name)

@@ -90,3 +90,18 @@ def arch_facts(model_type: str) -> ArchFacts:
             f"model_type {model_type!r} is not supported for block expansion; supported: "
             f"{', '.join(sorted(ARCHS))} (add an entry to ARCHS in lp/expansion/arch.py)"
         ) from None
+
+
+def init_value(name: str, init: str, facts: ArchFacts) -> float | None:
+    """The constant a new block's tensor ``name`` is set to, or None to keep the copy.
+
+    ``zero_out`` (paper): residual-output projections and their biases are zero,
+    so the block adds nothing to the residual stream. ``zero_norm``: the block's
+    norms output zeros, so its sublayers see zeros (the ablation the paper argues
+    against: the norm's gradient vanishes). ``copy``: untouched, not an identity.
+    """
+    if init == "zero_out" and facts.is_residual_out(name):
+        return 0.0
+    if init == "zero_norm" and facts.is_norm(name):
+        return facts.norm_zero
+    return None

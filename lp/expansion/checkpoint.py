@@ -21,22 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import torch
-
+from lp.checkpoints import EXPANSION_FILE
 from lp.errors import LpError
-from lp.expansion.arch import ArchFacts, arch_facts
-from lp.expansion.inplace import init_value
+from lp.expansion.arch import ArchFacts, arch_facts, init_value
 from lp.expansion.plan import ExpansionPlan
 
-EXPANSION_FILE = "lp_expansion.json"
 INDEX = "model.safetensors.index.json"
 WEIGHT_FILE = re.compile(r".*\.(safetensors|bin|pt|pth)$|.*\.(safetensors|bin)\.index\.json$")
-DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}  # fmt: skip
-CODES = {v: k for k, v in DTYPES.items()}
+# safetensors dtype codes: bytes per element, and torch's name (torch loads only when a
+# tensor must be converted or computed, keeping the byte-copy path free of it)
+SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+         "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
+TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+                "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}  # fmt: skip
 TORCH_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # what --dtype accepts
 CHUNK = 64 << 20
 
@@ -50,10 +48,7 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        n = torch.tensor([], dtype=DTYPES[self.dtype]).element_size()
-        for d in self.shape:
-            n *= d
-        return n
+        return _nbytes_of(self.dtype, self.shape)
 
 
 # ---- reading ------------------------------------------------------------------------
@@ -79,17 +74,22 @@ def source_tensors(src: Path) -> dict[str, TensorInfo]:
     bins = sorted(p for p in src.glob("*.bin") if p.name != "training_args.bin")
     if not bins:
         raise LpError(f"{src} holds no *.safetensors or *.bin weights")
+    import torch
+
+    codes = {getattr(torch, v): k for k, v in TORCH_DTYPES.items()}
     out = {}
     for f in bins:
         for name, t in torch.load(f, mmap=True, weights_only=True, map_location="cpu").items():
-            out[name] = TensorInfo(CODES[t.dtype], tuple(t.shape), f, None)
+            out[name] = TensorInfo(codes[t.dtype], tuple(t.shape), f, None)
     return out
 
 
 _BIN_CACHE: dict[Path, dict] = {}
 
 
-def _bin_tensor(info: TensorInfo, name: str) -> torch.Tensor:
+def _bin_tensor(info: TensorInfo, name: str):
+    import torch
+
     if info.file not in _BIN_CACHE:  # memory-mapped: pages are read on demand, not held
         _BIN_CACHE.clear()
         _BIN_CACHE[info.file] = torch.load(info.file, mmap=True, weights_only=True, map_location="cpu")
@@ -147,8 +147,7 @@ def shards(out: list[OutTensor], tensors: dict[str, TensorInfo], shard_size: int
 
 
 def _nbytes(t: OutTensor, tensors: dict[str, TensorInfo]) -> int:
-    info = tensors[t.source]
-    return TensorInfo(t.dtype, info.shape, info.file, None).nbytes
+    return _nbytes_of(t.dtype, tensors[t.source].shape)
 
 
 # ---- writing ------------------------------------------------------------------------
@@ -174,31 +173,48 @@ def write_shard(path: Path, group: list[OutTensor], tensors: dict[str, TensorInf
 
 
 def _write_tensor(f: BinaryIO, t: OutTensor, info: TensorInfo) -> None:
+    n = _nbytes_of(t.dtype, info.shape)
     if t.fill is not None:
-        one = torch.full((1,), t.fill, dtype=DTYPES[t.dtype]).view(torch.uint8).numpy().tobytes()
-        n = _nbytes_of(t.dtype, info.shape)
+        one = _constant_bytes(t.fill, t.dtype)
         block = one * (min(n, CHUNK) // len(one))
         for start in range(0, n, len(block)):
             f.write(block[: n - start])
     elif t.dtype == info.dtype and info.offset is not None:
-        _copy_range(info.file, info.offset, info.nbytes, f)
+        _copy_range(info.file, info.offset, n, f)
     else:
-        tensor = _load(info, t.source).to(DTYPES[t.dtype]).contiguous()
+        import torch
+
+        tensor = _load(info, t.source).to(getattr(torch, TORCH_DTYPES[t.dtype])).contiguous()
         f.write(tensor.view(-1).view(torch.uint8).numpy().tobytes())
 
 
+def _constant_bytes(value: float, dtype: str) -> bytes:
+    if value == 0:
+        return b"\0" * SIZES[dtype]  # zero is all-zero bytes in every dtype
+    import torch
+
+    one = torch.full((1,), value, dtype=getattr(torch, TORCH_DTYPES[dtype]))
+    return one.view(torch.uint8).numpy().tobytes()
+
+
 def _nbytes_of(dtype: str, shape: tuple[int, ...]) -> int:
-    return TensorInfo(dtype, shape, Path(), None).nbytes
+    n = SIZES[dtype]
+    for d in shape:
+        n *= d
+    return n
 
 
-def _load(info: TensorInfo, name: str) -> torch.Tensor:
+def _load(info: TensorInfo, name: str):
+    import torch
+
     if info.offset is None:
         return _bin_tensor(info, name)
     with open(info.file, "rb") as f:
         f.seek(info.offset)
         data = bytearray(f.read(info.nbytes))
+    dtype = getattr(torch, TORCH_DTYPES[info.dtype])
     return (
-        torch.frombuffer(data, dtype=DTYPES[info.dtype]).view(info.shape) if data else torch.empty(info.shape)
+        torch.frombuffer(data, dtype=dtype).view(info.shape) if data else torch.empty(info.shape, dtype=dtype)
     )
 
 

@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from lp.expansion.arch import ArchFacts, arch_facts
+from lp.expansion.arch import ArchFacts, arch_facts, init_value
 from lp.expansion.plan import ExpansionPlan
 
 
@@ -48,21 +48,6 @@ def init_new_block(block: nn.Module, init: str, facts: ArchFacts) -> None:
             value = init_value(name, init, facts)
             if value is not None:
                 t.fill_(value)
-
-
-def init_value(name: str, init: str, facts: ArchFacts) -> float | None:
-    """The constant a new block's tensor ``name`` is set to, or None to keep the copy.
-
-    ``zero_out`` (paper): residual-output projections and their biases are zero,
-    so the block adds nothing to the residual stream. ``zero_norm``: the block's
-    norms output zeros, so its sublayers see zeros (the ablation the paper argues
-    against: the norm's gradient vanishes). ``copy``: untouched, not an identity.
-    """
-    if init == "zero_out" and facts.is_residual_out(name):
-        return 0.0
-    if init == "zero_norm" and facts.is_norm(name):
-        return facts.norm_zero
-    return None
 
 
 def renumber_layers(model: nn.Module, facts: ArchFacts) -> None:

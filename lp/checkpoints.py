@@ -1,0 +1,44 @@
+"""Recognising Hugging Face checkpoint directories, cheaply.
+
+No torch or transformers at import time, so ``python -m lp.expand`` starts in a
+blink and bad input is refused before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lp.errors import LpError
+from lp.expansion.arch import ARCHS
+from lp.expansion.plan import ExpansionPlan
+
+EXPANSION_FILE = "lp_expansion.json"
+
+
+def check_checkpoint(name_or_path: str, label: str = "model.name_or_path") -> None:
+    """Fail in one line, before any loading, on a path that is no causal-LM checkpoint."""
+    path = Path(name_or_path).expanduser()
+    looks_local = path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if not looks_local:
+        return  # a hub id: transformers reports network or name problems itself
+    if not path.is_dir():
+        raise LpError(f"{label}={name_or_path} does not exist; give a Hugging Face checkpoint directory")
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise LpError(f"{label}={name_or_path} has no config.json; it is not a Hugging Face checkpoint")
+    model_type = json.loads(cfg_file.read_text()).get("model_type")
+    if model_type not in ARCHS and not is_causal_lm(model_type):
+        raise LpError(f"{label}={name_or_path} is a {model_type!r} model, not a causal language model")
+
+
+def is_causal_lm(model_type: str | None) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+
+def read_expansion(name_or_path: str) -> ExpansionPlan | None:
+    """The plan recorded next to an already expanded checkpoint, if any."""
+    f = Path(name_or_path).expanduser() / EXPANSION_FILE
+    return ExpansionPlan.from_dict(json.loads(f.read_text())) if f.is_file() else None
