@@ -54,8 +54,10 @@ def make_source(path: Path, layers: int) -> None:
     from huggingface_hub import save_torch_state_dict
     from transformers import LlamaConfig
 
-    cfg = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers, num_attention_heads=16,
-                      num_key_value_heads=16, vocab_size=32000, dtype="bfloat16")  # fmt: skip
+    cfg = LlamaConfig(
+        hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers, num_attention_heads=16,
+        num_key_value_heads=16, vocab_size=32000, dtype="bfloat16",
+    )  # fmt: skip
     h, f, v = 2048, 5632, 32000
     shapes = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,), "lm_head.weight": (v, h)}
     for i in range(layers):

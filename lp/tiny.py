@@ -34,7 +34,7 @@ SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 def tiny_base(tiny: dict, general: dict, eval_fraction: float) -> Path:
     """Path of the cached tiny base for these settings, building it if needed."""
     settings = {k: v for k, v in tiny.items() if k != "cache_dir"}
-    key = {"tiny": settings, "general": general, "eval_fraction": eval_fraction, "format": 2}
+    key = {"tiny": settings, "general": general, "eval_fraction": eval_fraction, "format": 3}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     cache = Path(os.path.expanduser(str(tiny["cache_dir"])))
     target = cache / f"tiny-llama-{digest}"

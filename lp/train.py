@@ -17,6 +17,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from lp.callbacks import FreezeCallback, IdentityCheck, Throughput
 from lp.checkpoints import check_checkpoint, read_expansion
@@ -43,8 +44,8 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         run(cfg, run_dir)
-    except LpError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (LpError, MissingMandatoryValue) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         _remove_if_unused(run_dir)
         sys.exit(2)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
 from lp.data.inspect import format_report, inspect_mixture
 from lp.errors import LpError
@@ -26,8 +27,8 @@ def main(cfg: DictConfig) -> None:
         tokenizer = load_tokenizer(resolve_base(cfg))
         data = instantiate(cfg.data, tokenizer=tokenizer, _convert_="all")
         report = inspect_mixture(data, int(cfg.inspect.batches))
-    except LpError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (LpError, MissingMandatoryValue) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
     print(format_report(report, int(cfg.inspect.batches)))
     if cfg.inspect.json:

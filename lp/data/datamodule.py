@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import deque
 
 import lightning as L
 import torch
@@ -12,6 +13,29 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from lp.data.packing import PackedMixture, eval_rows
 from lp.data.sources import Source, build_source
 from lp.errors import LpError
+
+
+class TrainedStateLoader(StatefulDataLoader):
+    """A StatefulDataLoader whose state is that of the batches *trained on*.
+
+    Lightning saves a stateful loader's state in its checkpoints, but fetches
+    one batch ahead of training (its prefetching), so the plain state would
+    make a resumed run skip that batch. This reports the state from one batch
+    earlier. Hand-written: neither Lightning nor torchdata offers it.
+    """
+
+    lag = 1  # Lightning's _PrefetchDataFetcher default
+
+    def __iter__(self):
+        it = super().__iter__()
+        self._history = deque([super().state_dict()], maxlen=self.lag + 1)
+        for batch in it:
+            self._history.append(super().state_dict())
+            yield batch
+
+    def state_dict(self) -> dict:
+        history = getattr(self, "_history", None)
+        return history[0] if history and len(history) > self.lag else super().state_dict()
 
 
 class MixtureDataModule(L.LightningDataModule):
@@ -80,8 +104,7 @@ class MixtureDataModule(L.LightningDataModule):
         data = PackedMixture(
             self.sources, self.tokenizer, self.seq_len, self.seed, self.eval_fraction, self.reset_position_ids
         )
-        # Stateful: Lightning stores its state in checkpoints, so a resumed run continues the stream
-        return StatefulDataLoader(data, batch_size=self.batch_size, num_workers=self.num_workers)
+        return TrainedStateLoader(data, batch_size=self.batch_size, num_workers=self.num_workers)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [

@@ -22,6 +22,7 @@ import os
 import random
 import re
 import sysconfig
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,11 @@ def shuffled_passes(items: list, seed: int, start: int, read: Callable = lambda 
 
 def generated(make: Callable[[int], Iterator[str]], seed: int, start: int) -> Iterator[str]:
     return itertools.islice(make(seed), start, None)
+
+
+def source_seed(seed: int, name: str) -> int:
+    """Each source shuffles with its own seed, so equal-sized corpora are not read in lockstep."""
+    return zlib.crc32(f"{seed}/{name}".encode())
 
 
 # ---- offline builtins -------------------------------------------------------------------
@@ -130,12 +136,12 @@ def package_text_files(package: str, pattern: str, name: str) -> list[Path]:
 
 def _stdlib_code(name: str, cfg: dict) -> Documents:
     files = stdlib_python_files()
-    return lambda seed, start: shuffled_passes(files, seed, start, _read_text)
+    return lambda seed, start: shuffled_passes(files, source_seed(seed, name), start, _read_text)
 
 
 def _math(name: str, cfg: dict) -> Documents:
     base = int(cfg.get("seed", 0))
-    return lambda seed, start: generated(math_problems, base * 1_000_003 + seed, start)
+    return lambda seed, start: generated(math_problems, source_seed(seed, name) + base, start)
 
 
 def _package_text(name: str, cfg: dict) -> Documents:
@@ -145,7 +151,7 @@ def _package_text(name: str, cfg: dict) -> Documents:
         text = _read_text(f)
         for body in gutenberg_bodies(text) if gutenberg else [text]:
             docs.extend(paragraphs_chunks(body, chars))
-    return lambda seed, start: shuffled_passes(docs, seed, start)
+    return lambda seed, start: shuffled_passes(docs, source_seed(seed, name), start)
 
 
 # ---- datasets-backed: local files and the hub ---------------------------------------------
@@ -212,18 +218,21 @@ def _hf_stream(name: str, cfg: dict, text_field: str, load_args: dict) -> Docume
         )
 
     def documents(seed: int, start: int) -> Iterator[str]:
-        epoch = 0
-        while True:  # shard order and a buffer are shuffled per pass (datasets' streaming shuffle)
-            stream = ds.shuffle(seed=seed, buffer_size=buffer)
+        # shard order and a buffer are shuffled per pass (datasets' streaming shuffle); .iter()
+        # reads the whole stream even inside a dataloader worker, where lp shards itself
+        for epoch in itertools.count():
+            stream = ds.shuffle(seed=source_seed(seed, name), buffer_size=buffer)
             stream.set_epoch(epoch)
-            for row in stream:
-                if start > 0:
-                    start -= 1
-                    continue
-                text = row[text_field]
-                if text:
-                    yield str(text)
-            epoch += 1
+            found = False
+            for rows in stream.iter(batch_size=256):
+                for text in rows[text_field]:
+                    found = True
+                    if start > 0:
+                        start -= 1
+                    elif text:
+                        yield str(text)
+            if not found:
+                raise LpError(f"data source {name!r}: a pass over it yielded no documents")
 
     return documents
 
