@@ -11,35 +11,40 @@ from lightning.pytorch.callbacks import BaseFinetuning, Callback
 
 from lp.errors import LpError
 from lp.expansion import decoder_layers
+from lp.methods import is_added
 
 
 class FreezeCallback(BaseFinetuning):
-    """Train only the plan's new blocks (plus, on request, norms, embeddings, lm_head).
-
-    With ``train_all=True`` nothing is frozen (full fine-tuning, pretraining).
-    """
+    """Choose what trains. ``trainable``: ``new_blocks`` (the plan's new blocks; the
+    paper), ``all`` (full fine-tuning, pretraining) or ``added`` (the parameters a
+    method added: LoRA adapters, MoE experts). ``train_norms``, ``train_embeddings``
+    and ``train_lm_head`` add those on top."""
 
     def __init__(
         self,
-        train_all: bool = False,
+        trainable: str = "new_blocks",
         train_norms: bool = False,
         train_embeddings: bool = False,
         train_lm_head: bool = False,
     ):
         super().__init__()
-        self.train_all, self.train_norms = train_all, train_norms
+        if trainable not in ("new_blocks", "all", "added"):
+            raise LpError(f"callbacks.freeze.trainable={trainable!r} is unknown; allowed: new_blocks, all, added")
+        self.trainable, self.train_norms = trainable, train_norms
         self.train_embeddings, self.train_lm_head = train_embeddings, train_lm_head
 
     def freeze_before_training(self, pl_module: L.LightningModule) -> None:
         model = pl_module.model
-        if self.train_all:
+        if self.trainable == "all":
             self.make_trainable(model)
             return
         self.freeze(model, train_bn=False)
-        plan = pl_module.plan
-        if plan is not None:
+        if self.trainable == "new_blocks" and pl_module.plan is not None:
             layers = decoder_layers(model)
-            self.make_trainable([layers[j] for j in plan.new_layers])
+            self.make_trainable([layers[j] for j in pl_module.plan.new_layers])
+        if self.trainable == "added":
+            for name, p in model.named_parameters():
+                p.requires_grad = is_added(name)
         if self.train_norms:
             for m in model.modules():
                 if "norm" in type(m).__name__.lower():
@@ -50,8 +55,8 @@ class FreezeCallback(BaseFinetuning):
             self.make_trainable(model.get_output_embeddings())
         if not any(p.requires_grad for p in model.parameters()):
             raise LpError(
-                "nothing to train: expansion.blocks=0 and every freeze option is off; "
-                "add blocks or set freeze.train_all=true"
+                "nothing to train: no new blocks or added parameters and every freeze option is off; "
+                "add blocks or choose another method"
             )
 
     def finetune_function(self, pl_module, epoch, optimizer) -> None:

@@ -87,7 +87,7 @@ def build(tiny: dict, general: dict, eval_fraction: float, out: Path) -> dict:
         num_sanity_val_steps=0,
         inference_mode=False,
         gradient_clip_val=1.0,
-        callbacks=[FreezeCallback(train_all=True)],
+        callbacks=[FreezeCallback(trainable="all")],
     )
     trainer.fit(module, datamodule=data)
     model.save_pretrained(out, safe_serialization=True)

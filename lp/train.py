@@ -25,6 +25,7 @@ from lp.errors import LpError
 from lp.expansion import expand_model, make_plan
 from lp.export import export_checkpoint
 from lp.hparams import write_hparams
+from lp.methods import for_export, get_method, prepare
 from lp.models import load_model, load_tokenizer
 from lp.module import CausalLMModule
 from lp.tiny import tiny_base
@@ -47,7 +48,9 @@ def main(cfg: DictConfig) -> None:
     except (LpError, MissingMandatoryValue) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         _remove_if_unused(run_dir)
-        sys.exit(2)
+        if HydraConfig.get().mode.name == "RUN":
+            sys.exit(2)
+        # in a sweep the other runs go on; lp.report lists this one as skipped
 
 
 @dataclass
@@ -64,6 +67,7 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     # an already expanded checkpoint (lp.expand, an lp export) trains its recorded new blocks
     recorded = read_expansion(str(cfg.model.name_or_path)) if cfg.model.name_or_path else None
     plan_args = None if recorded else _plan_args(cfg)
+    method = get_method(cfg.method.name, recorded.blocks if recorded else plan_args["blocks"])
     name = resolve_base(cfg)  # builds the tiny base once when no checkpoint is given
     L.seed_everything(cfg.seed, workers=True)
     model = load_model(name, cfg.model.attn, cfg.model.dtype)
@@ -71,6 +75,7 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     plan = recorded or make_plan(model.config.num_hidden_layers, **plan_args)
     if not recorded:
         expand_model(model, plan)
+    model = prepare(model, method, cfg.method)
     data = instantiate(cfg.data, tokenizer=tokenizer, _convert_="all")
     module = CausalLMModule(model, plan, tuple(data.domains), **cfg.optim)
     logger = instantiate(cfg.logger)
@@ -91,7 +96,7 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     write_hparams(logger.log_dir, _hparams(cfg, plan), sorted(final))
     out = None
     if cfg.export and trainer.is_global_zero:
-        out = export_checkpoint(model, tokenizer, plan, name, run_dir / "export")
+        out = export_checkpoint(for_export(model, method), tokenizer, plan, name, run_dir / "export")
         print(f"lp: exported {out}\nlp: tensorboard --logdir {run_dir}")
     return RunResult(final, module, out)
 

@@ -172,7 +172,7 @@ def test_lp_data_inspect_on_local_preset(lp_cache, tmp_path):
     code, math = numbered(tmp_path, "code", 500), numbered(tmp_path, "math", 500)
     report = tmp_path / "out/report.json"
     res = run_lp(
-        ["lp.data", "experiment=smoke", "data=local", f"data.sources.code.files={code}",
+        ["lp.data", "debug=smoke", "data=local", f"data.sources.code.files={code}",
          f"data.sources.math.files={math}", "inspect.batches=30", f"inspect.json={report}"],
         lp_cache, tmp_path,
     )  # fmt: skip
@@ -188,7 +188,7 @@ def test_lp_data_inspect_on_local_preset(lp_cache, tmp_path):
 
 
 def test_lp_data_missing_files_is_one_line(lp_cache, tmp_path):
-    res = run_lp(["lp.data", "experiment=smoke", "data=local"], lp_cache, tmp_path)
+    res = run_lp(["lp.data", "debug=smoke", "data=local"], lp_cache, tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert (
         res.stderr.strip()

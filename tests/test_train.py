@@ -26,7 +26,7 @@ TAGS = {
 
 def compose_cfg(overrides):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        return compose("train", overrides=["experiment=smoke", *overrides])
+        return compose("train", overrides=["debug=smoke", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_frozen_layers_in_export_are_bit_identical_to_base(trained):
 
 
 def test_cli_run_writes_run_dir(lp_cache, tmp_path):
-    res = run_lp(["lp.train", "experiment=smoke", f"hydra.run.dir={tmp_path}/r"], lp_cache, ROOT)
+    res = run_lp(["lp.train", "debug=smoke", f"hydra.run.dir={tmp_path}/r"], lp_cache, ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "r/export/model.safetensors").is_file()
     assert (tmp_path / "r/.hydra/config.yaml").is_file()
@@ -124,7 +124,7 @@ def test_an_expanded_checkpoint_trains_its_recorded_blocks(trained, lp_cache, tm
 
     base = json.loads((trained[0] / "export/lp_expansion.json").read_text())["base_model"]
     dst = tmp_path / "expanded"
-    assert expand_main([base, str(dst), "--blocks", "1", "--position", "top"]) == 0
+    assert expand_main([base, str(dst), "--blocks", "1", "--position", "top"]) == 0  # 8 -> 9 layers
     before = load_file(next(dst.glob("*.safetensors")))
     monkeypatch.setenv("LP_CACHE", str(lp_cache))
     # expansion.blocks=3 is ignored: the recorded plan wins over the expansion settings
@@ -132,7 +132,7 @@ def test_an_expanded_checkpoint_trains_its_recorded_blocks(trained, lp_cache, tm
         [f"logger.save_dir={tmp_path}", "model=hf", f"model.name_or_path={dst}", "expansion.blocks=3"]
     )
     result = run(cfg, tmp_path / "run")
-    assert result.module.plan.new_layers == (4,) and result.module.model.config.num_hidden_layers == 5
+    assert result.module.plan.new_layers == (8,) and result.module.model.config.num_hidden_layers == 9
     after = load_file(tmp_path / "run/export/model.safetensors")
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(k.startswith("model.layers.4.") for k in changed), changed
+    assert changed and all(k.startswith("model.layers.8.") for k in changed), changed
