@@ -29,7 +29,9 @@ class FreezeCallback(BaseFinetuning):
     ):
         super().__init__()
         if trainable not in ("new_blocks", "all", "added"):
-            raise LpError(f"callbacks.freeze.trainable={trainable!r} is unknown; allowed: new_blocks, all, added")
+            raise LpError(
+                f"callbacks.freeze.trainable={trainable!r} is unknown; allowed: new_blocks, all, added"
+            )
         self.trainable, self.train_norms = trainable, train_norms
         self.train_embeddings, self.train_lm_head = train_embeddings, train_lm_head
 
@@ -116,18 +118,31 @@ def find_non_identity_blocks(pl_module, input_ids: torch.Tensor, trainer=None) -
 
 
 class Throughput(Callback):
-    """Logs ``perf/tokens_per_s`` over a sliding window of training batches.
-    Written by hand because Lightning's ThroughputMonitor fixes its own metric
-    names and needs per-batch sample counts wired in."""
+    """Logs ``perf/tokens_per_s`` over a sliding window of training batches and,
+    where the device's peak is known or configured, ``perf/mfu``: useful FLOPs
+    (``lp.flops``: what the step really computes, partial backward counted)
+    over peak. Written by hand because Lightning's ThroughputMonitor fixes its
+    own metric names and counts FLOPs of the full backward."""
 
-    def __init__(self, window: int = 10):
-        self.window = window
+    def __init__(self, window: int = 10, peak_tflops: float | None = None):
+        self.window, self.peak_tflops = window, peak_tflops
         self.marks: list[tuple[float, int]] = []  # (time, tokens so far)
-        self.tokens = 0
+        self.tokens, self.flops_per_token, self.peak = 0, None, None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        from lp.flops import peak_flops, useful_flops_per_token
+
+        seq = trainer.datamodule.seq_len if trainer.datamodule is not None else None
+        if seq and pl_module.plan is not None:
+            self.flops_per_token = useful_flops_per_token(pl_module.model, seq)
+        self.peak = peak_flops(pl_module.device, self.peak_tflops)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self.tokens += batch["input_ids"].numel() * trainer.world_size
         self.marks = [*self.marks[-self.window :], (time.perf_counter(), self.tokens)]
         if len(self.marks) > 1:
             (t0, n0), (t1, n1) = self.marks[0], self.marks[-1]
-            pl_module.log("perf/tokens_per_s", (n1 - n0) / (t1 - t0), rank_zero_only=True)
+            rate = (n1 - n0) / (t1 - t0)
+            pl_module.log("perf/tokens_per_s", rate, rank_zero_only=True)
+            if self.flops_per_token and self.peak:
+                pl_module.log("perf/mfu", rate * self.flops_per_token / self.peak, rank_zero_only=True)

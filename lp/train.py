@@ -31,6 +31,7 @@ from lp.module import CausalLMModule
 from lp.tiny import tiny_base
 
 HPARAM_KEYS = (
+    "method.name",
     "expansion.blocks",
     "expansion.position",
     "expansion.source",

@@ -12,6 +12,8 @@ from lp.expansion.plan import ExpansionPlan
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    if hasattr(model, "get_base_model"):  # a peft wrapper (LoRA): the blocks are in the base
+        model = model.get_base_model()
     return model.get_submodule(arch_facts(model.config.model_type).layers)
 
 

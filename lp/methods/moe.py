@@ -37,7 +37,9 @@ class MixedDownProj(nn.Module):
     def merged(self) -> nn.Linear:
         """One linear layer computing the same function."""
         p = torch.softmax(self.moe_logits.detach().float(), dim=0)
-        out = nn.Linear(self.original.in_features, self.original.out_features, bias=self.original.bias is not None)
+        out = nn.Linear(
+            self.original.in_features, self.original.out_features, bias=self.original.bias is not None
+        )
         out.to(device=self.original.weight.device, dtype=self.original.weight.dtype)
         with torch.no_grad():
             w = 2 * (p[0] * self.original.weight.float() + p[1] * self.moe_down.weight.float())

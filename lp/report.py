@@ -1,0 +1,253 @@
+"""``python -m lp.report SWEEP_DIR [--out DIR]``: compare the runs of a sweep.
+
+Reads every run's TensorBoard event files under SWEEP_DIR (tensorboard's own
+event reader; nothing is re-run) and writes ``report.md``, ``report.csv``,
+``gain_vs_forgetting.png`` and ``val_curves.png``. Works on a partial or
+still-running sweep: runs without an evaluation after training are listed as
+skipped, with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lp.errors import LpError
+
+SETTINGS = ("method.name", "expansion.blocks", "expansion.position", "expansion.source", "expansion.init")
+
+
+@dataclass
+class Run:
+    name: str
+    settings: dict
+    final: dict  # tag -> last value
+    curves: dict = field(default_factory=dict)  # val/<domain>/loss -> [(step, value)]
+
+    @property
+    def domains(self) -> list[str]:
+        return sorted(t.split("/")[1] for t in self.final if t.startswith("val/") and t.endswith("/loss"))
+
+    def gain(self) -> float:
+        """Mean drop of the new-domain losses (every domain but general) from step 0."""
+        drops = [c[0][1] - c[-1][1] for t, c in self.curves.items() if "/general/" not in t]
+        return sum(drops) / len(drops) if drops else math.nan
+
+
+def find_runs(sweep: Path) -> list[Path]:
+    """Directories holding TensorBoard event files."""
+    dirs = {p.parent for p in sweep.rglob("events.out.tfevents.*")}
+    return sorted(dirs, key=lambda d: _natural(str(d.relative_to(sweep))))
+
+
+def _natural(s: str) -> list:
+    import re
+
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", s)]
+
+
+def read_run(log_dir: Path, name: str) -> tuple[Run | None, str]:
+    """A run, or None and why it was skipped."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags().get("scalars", []))
+    curves = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags if t.startswith("val/")}
+    if not curves:
+        return None, "no evaluation logged yet"
+    if max(len(c) for c in curves.values()) < 2:
+        return None, "no evaluation after training yet (still running or stopped early)"
+    final = {t: acc.Scalars(t)[-1].value for t in tags}
+    if "perf/tokens_per_s" in tags:
+        values = [e.value for e in acc.Scalars("perf/tokens_per_s")]
+        final["perf/tokens_per_s"] = sum(values) / len(values)
+    settings = _hydra_settings(log_dir)
+    try:
+        start = acc.PluginTagToContent("hparams").get("_hparams_/session_start_info")
+    except KeyError:  # no HPARAMS entry (yet): the run's Hydra config still tells its settings
+        start = None
+    if start:
+        info = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info
+        for k, v in info.hparams.items():
+            settings[k] = v.number_value if v.HasField("number_value") else v.string_value
+    return Run(name, settings, final, curves), ""
+
+
+def _hydra_settings(log_dir: Path) -> dict:
+    """Settings from the run's ``.hydra/config.yaml`` (beside or above the event files)."""
+    from omegaconf import OmegaConf
+
+    for d in (log_dir, *log_dir.parents[:2]):
+        f = d / ".hydra" / "config.yaml"
+        if f.is_file():
+            cfg = OmegaConf.load(f)
+            return {k: OmegaConf.select(cfg, k) for k in SETTINGS if OmegaConf.select(cfg, k) is not None}
+    return {}
+
+
+def collect(sweep: Path) -> tuple[list[Run], list[tuple[str, str]]]:
+    runs, skipped = [], []
+    for d in find_runs(sweep):
+        name = str(d.relative_to(sweep)).removesuffix("/tb") or d.name
+        try:
+            run, why = read_run(d, name)
+        except Exception as e:  # a half-written event file must not stop the report
+            run, why = None, f"unreadable event files ({type(e).__name__})"
+        if run is None:
+            skipped.append((name, why))
+        else:
+            runs.append(run)
+    return runs, skipped
+
+
+COLUMNS = ["method", "blocks", "position", "source", "init", "trainable params"]
+
+
+def table(runs: list[Run]) -> tuple[list[str], list[list]]:
+    domains = sorted({d for r in runs for d in r.domains})
+    header = ["run", *COLUMNS, *(f"val/{d}/loss" for d in domains), "domain gain", "forgetting/general",
+              "tokens/s"]  # fmt: skip
+    rows = []
+    for r in sorted(runs, key=lambda r: (-_num(r.gain()), r.name)):
+        s = r.settings
+        blocks = s.get("expansion.blocks")
+        rows.append([
+            r.name, s.get("method.name", ""), int(blocks) if isinstance(blocks, float) else blocks,
+            s.get("expansion.position", ""), s.get("expansion.source", ""), s.get("expansion.init", ""),
+            int(r.final.get("perf/trainable_params", 0)),
+            *(r.final.get(f"val/{d}/loss", math.nan) for d in domains),
+            r.gain(), r.final.get("forgetting/general", math.nan), r.final.get("perf/tokens_per_s", math.nan),
+        ])  # fmt: skip
+    return header, rows
+
+
+def _num(x) -> float:
+    return x if isinstance(x, (int, float)) and not math.isnan(x) else -math.inf
+
+
+BETTER_HIGH = {"domain gain", "tokens/s"}
+
+
+def markdown(header: list[str], rows: list[list], skipped: list[tuple[str, str]], sweep: Path) -> str:
+    best = {}
+    for j, h in enumerate(header):
+        if h.startswith("val/") or h in ("forgetting/general", *BETTER_HIGH):
+            vals = [r[j] for r in rows if isinstance(r[j], float) and not math.isnan(r[j])]
+            if vals:
+                best[j] = max(vals) if h in BETTER_HIGH else min(vals)
+    out = [f"# Sweep report: {sweep}", "", f"{len(rows)} runs, sorted by domain gain (mean drop of the "
+           "new-domain validation losses from step 0). **Bold**: best in the column.", ""]  # fmt: skip
+    out.append("| " + " | ".join(header) + " |")
+    out.append("|" + "---|" * len(header))
+    for r in rows:
+        cells = []
+        for j, v in enumerate(r):
+            text = f"{v:.4f}" if isinstance(v, float) and header[j] != "tokens/s" else (
+                f"{v:,.0f}" if isinstance(v, float) else str(v))  # fmt: skip
+            cells.append(f"**{text}**" if j in best and v == best[j] else text)
+        out.append("| " + " | ".join(cells) + " |")
+    if skipped:
+        out += ["", "Skipped:"] + [f"- {n}: {why}" for n, why in skipped]
+    return "\n".join(out) + "\n"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def figures(runs: list[Run], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r in runs:
+        x, y = r.gain(), r.final.get("forgetting/general", math.nan)
+        ax.scatter(x, y)
+        ax.annotate(_label(r.name), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("domain gain: mean drop of code/math validation loss (higher is better)")
+    ax.set_ylabel("forgetting/general: rise of general loss (lower is better)")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_title("Domain gain vs forgetting")
+    _save(fig, out / "gain_vs_forgetting.png")
+
+    tags = sorted({t for r in runs for t in r.curves})
+    fig, axes = plt.subplots(1, len(tags), figsize=(5 * len(tags), 4), squeeze=False)
+    for ax, tag in zip(axes[0], tags, strict=True):
+        for r in runs:
+            if tag in r.curves:
+                steps, values = zip(*r.curves[tag], strict=True)
+                ax.plot(steps, values, marker=".", label=_label(r.name))
+        ax.set_title(tag)
+        ax.set_xlabel("step")
+    axes[0][-1].legend(fontsize=6, loc="best")
+    _save(fig, out / "val_curves.png")
+
+
+def _label(name: str) -> str:
+    """A run's swept values without Hydra's job number: "3_+variant=add_8" -> "variant=add_8"."""
+    import re
+
+    return re.sub(r"^\d+_\+?", "", name)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+
+
+def report(sweep: Path, out: Path) -> tuple[list[Run], list[tuple[str, str]]]:
+    if not sweep.is_dir():
+        raise LpError(f"{sweep} is not a directory; give a sweep (or run) directory")
+    runs, skipped = collect(sweep)
+    if not runs:
+        why = "; ".join(f"{n}: {w}" for n, w in skipped) or "no TensorBoard event files found"
+        raise LpError(f"no finished run under {sweep} ({why})")
+    out.mkdir(parents=True, exist_ok=True)
+    header, rows = table(runs)
+    write_atomic(out / "report.md", markdown(header, rows, skipped, sweep).encode())
+    buf = io.StringIO()
+    csv.writer(buf).writerows([header, *rows])
+    write_atomic(out / "report.csv", buf.getvalue().encode())
+    figures(runs, out)
+    return runs, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lp.report", description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "sweep", type=Path, help="a sweep directory (multirun/<date>/<time>) or one run directory"
+    )
+    ap.add_argument("--out", type=Path, help="where to write the report (default: SWEEP)")
+    a = ap.parse_args(argv)
+    try:
+        runs, skipped = report(a.sweep, a.out or a.sweep)
+    except LpError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"lp: {len(runs)} runs reported in {a.out or a.sweep}/report.md")
+    for n, why in skipped:
+        print(f"lp: skipped {n}: {why}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

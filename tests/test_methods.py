@@ -1,0 +1,94 @@
+"""The baselines: what trains, that they start as the base model, and that exports merge."""
+
+import pytest
+import torch
+
+from lp.callbacks import FreezeCallback
+from lp.errors import LpError
+from lp.expansion import decoder_layers, make_plan
+from lp.methods import METHODS, for_export, get_method, prepare
+from lp.methods.moe import MixedDownProj
+from lp.module import CausalLMModule
+from tests.conftest import tiny_llama
+from tests.test_callbacks import fit
+
+IDS = torch.randint(0, 99, (2, 12), generator=torch.Generator().manual_seed(3))
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"]}
+
+
+def trained(name, steps=3):
+    base, model = tiny_llama(2), tiny_llama(2)
+    method = get_method(name, 0)
+    model = prepare(model, method, LORA)
+    with torch.no_grad():
+        assert torch.equal(model(IDS).logits, base(IDS).logits), "a method must start as the base model"
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    module = CausalLMModule(model, make_plan(2, 0), lr=1e-2)
+    fit(module, [FreezeCallback(trainable=method.trainable)], steps=steps)
+    return model.eval(), method, before
+
+
+@pytest.mark.parametrize("name", ["lora", "moe"])
+def test_only_added_parameters_train_and_export_merges(name):
+    model, method, before = trained(name)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(("lora_" in k or ".moe_" in k) for k in changed), changed
+    with torch.no_grad():
+        reference = model(IDS).logits
+        merged = for_export(model, method)
+        assert type(merged).__name__ == "LlamaForCausalLM"
+        assert not any("lora_" in k or "moe_" in k for k in merged.state_dict())
+        torch.testing.assert_close(merged(IDS).logits, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_moe_starts_as_an_exact_identity_and_learns_its_mixture():
+    lin = torch.nn.Linear(8, 4)
+    mixed = MixedDownProj(lin)
+    h = torch.randn(3, 8)
+    assert torch.equal(mixed(h), lin(h))
+    with torch.no_grad():
+        mixed.moe_logits.copy_(torch.tensor([0.3, -0.2]))
+        mixed.moe_down.weight.normal_()
+    torch.testing.assert_close(mixed.merged()(h), mixed(h))
+
+
+def test_full_finetune_trains_everything():
+    model, method, before = trained("full_finetune", steps=3)  # step 1 has lr 0 (warmup)
+    after = model.state_dict()
+    assert all(not torch.equal(before[k], after[k]) for k in before if "rotary" not in k)
+
+
+def test_expand_full_trains_old_and_new_blocks():
+    model = tiny_llama(2)
+    from lp.expansion import expand_model
+
+    plan = make_plan(2, 1)
+    expand_model(model, plan)
+    fit(
+        CausalLMModule(model, plan),
+        [FreezeCallback(trainable=get_method("expand_full", 1).trainable)],
+        steps=1,
+    )
+    assert all(p.requires_grad for p in decoder_layers(model).parameters())
+
+
+@pytest.mark.parametrize(
+    "name, blocks, message",
+    [
+        ("lora", 8, "method=lora trains the base model without expansion, but expansion.blocks=8"),
+        ("moe", 2, "set expansion.blocks=0"),
+        ("full_finetune", 8, "use method=block_expansion / expand_full"),
+        ("block_expansion", 0, "needs expansion.blocks > 0"),
+        ("adapters", 0, "method.name='adapters' is unknown"),
+    ],
+)
+def test_method_settings_that_contradict_are_refused(name, blocks, message):
+    with pytest.raises(LpError, match=message):
+        get_method(name, blocks)
+
+
+def test_every_method_has_a_config():
+    from tests.conftest import ROOT
+
+    assert {p.stem for p in (ROOT / "conf/method").glob("*.yaml")} == set(METHODS)
