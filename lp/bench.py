@@ -119,7 +119,8 @@ def measure(args, mode: str, runner: str, device) -> dict:
     mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     del model, module
     return {"runner": runner, "mode": mode, "step_s": step, "tokens_per_s": tokens / step,
-            "useful_tflops": flops / 1e12, "mfu": flops / peak if peak else None, "peak_gib": mem}  # fmt: skip
+            "useful_tflops": flops / 1e12, "mfu": flops / peak if peak else None,
+            "peak_gib": mem}  # fmt: skip
 
 
 def main(argv=None) -> None:
@@ -145,7 +146,8 @@ def main(argv=None) -> None:
     }
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(
-        f"device: {name}   shape: {args.shape} (+{args.blocks} blocks)   micro-batch {args.mb} x seq {args.seq}"
+        f"device: {name}   shape: {args.shape} (+{args.blocks} blocks)   "
+        f"micro-batch {args.mb} x seq {args.seq}"
     )
     print(f"{'runner':<7}{'mode':<17}{'step s':>9}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>10}")
     for r in runs:

@@ -14,7 +14,8 @@ RUNS = {"ablation_blocks": 5, "ablation_position": 3, "ablation_init": 3, "ablat
 
 def sweep(experiment, lp_cache, tmp_path, *extra):
     res = run_lp(
-        ["lp.train", "-m", f"experiment={experiment}", "debug=smoke", f"hydra.sweep.dir={tmp_path}/sweep", *extra],
+        ["lp.train", "-m", f"experiment={experiment}", "debug=smoke",
+         f"hydra.sweep.dir={tmp_path}/sweep", *extra],
         lp_cache, ROOT, timeout=600,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
