@@ -33,7 +33,7 @@ SHAPES = {  # base shapes (as in the naive reference); --blocks new blocks go on
 }  # fmt: skip
 
 
-def build(shape: str, blocks: int, mode: str, device: torch.device):
+def build(shape: str, blocks: int, mode: str, device: torch.device, lp_layout: bool):
     torch.manual_seed(0)
     cfg = LlamaConfig(**SHAPES[shape], max_position_embeddings=8192)
     attn = "sdpa"
@@ -44,7 +44,7 @@ def build(shape: str, blocks: int, mode: str, device: torch.device):
     FreezeCallback(trainable="new_blocks" if mode == "block_expansion" else "all").freeze_before_training(
         module
     )
-    if device.type == "cuda":  # frozen weights in the compute dtype, trainable ones fp32 masters
+    if lp_layout and device.type == "cuda":  # frozen weights in the compute dtype, trainable fp32 masters
         for p in model.parameters():
             p.data = p.data.to(torch.float32 if p.requires_grad else torch.bfloat16)
     return model.to(device), module, plan
@@ -100,7 +100,16 @@ def _sync(device):
 
 
 def measure(args, mode: str, runner: str, device) -> dict:
-    model, module, plan = build(args.shape, args.blocks, mode, device)
+    try:
+        return _measure(args, mode, runner, device)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return {"runner": runner, "mode": mode, "step_s": None, "tokens_per_s": None, "useful_tflops": None,
+                "mfu": None, "peak_gib": None, "error": "out of memory"}  # fmt: skip
+
+
+def _measure(args, mode: str, runner: str, device) -> dict:
+    model, module, plan = build(args.shape, args.blocks, mode, device, lp_layout=runner == "lp")
     g = torch.Generator().manual_seed(1)
     vocab = model.config.vocab_size
     batches = [
@@ -151,12 +160,15 @@ def main(argv=None) -> None:
     )
     print(f"{'runner':<7}{'mode':<17}{'step s':>9}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>10}")
     for r in runs:
+        if r["step_s"] is None:
+            print(f"{r['runner']:<7}{r['mode']:<17}  {r['error']}")
+            continue
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
         mem = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
         print(f"{r['runner']:<7}{r['mode']:<17}{r['step_s']:>9.4f}{r['tokens_per_s']:>11,.0f}"
               f"{r['useful_tflops']:>9.3f}{mfu:>7}{mem:>10}")  # fmt: skip
     for k, v in ratios.items():
-        print(f"{k}: {v:.3f}")
+        print(f"{k}: {v:.3f}" if v is not None else f"{k}: -")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "shape": args.shape, "runs": runs, "ratios": ratios}, f, indent=2)

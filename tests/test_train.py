@@ -83,9 +83,8 @@ def test_export_loads_and_matches_the_trained_model(trained):
     run_dir, result = trained
     export = run_dir / "export"
     meta = json.loads((export / "lp_expansion.json").read_text())
-    assert (
-        meta["base_layers"] == 4 and meta["new_layers"] == [2, 5] and meta["layer_map"] == [0, 1, 1, 2, 3, 3]
-    )
+    assert meta["base_layers"] == 8 and meta["new_layers"] == list(range(1, 16, 2))
+    assert meta["layer_map"] == [i // 2 for i in range(16)]
     assert meta["position"] == "interleave" and meta["init"] == "zero_out" and meta["base_model"]
     loaded = AutoModelForCausalLM.from_pretrained(export).eval()
     ids = torch.arange(40).view(2, 20)
