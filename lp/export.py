@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from lp.checkpoints import EXPANSION_FILE
+from lp.checkpoints import EXPANSION_FILE, publish_dir
 from lp.expansion import ExpansionPlan
 
 
@@ -24,13 +23,7 @@ def export_checkpoint(model, tokenizer, plan: ExpansionPlan, base_model: str, ou
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / EXPANSION_FILE).write_text(plan.to_json(base_model=base_model) + "\n")
-        if out.exists():  # replace an older export only once the new one is complete
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
+        publish_dir(tmp, out, replace=True)  # an older export goes only once this one is complete
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -32,25 +32,20 @@ def test_bad_input_is_refused_in_one_line(overrides, message, lp_cache, tmp_path
     check_refused(res, message, tmp_path / "run")
 
 
-def test_a_non_causal_lm_checkpoint_is_refused(lp_cache, tmp_path):
-    ckpt = tmp_path / "vit"
+@pytest.mark.parametrize(
+    "config, message", [({"model_type": "vit"}, "not a causal language model"), (None, "has no config.json")]
+)
+def test_a_local_directory_that_is_no_causal_lm_is_refused(config, message, lp_cache, tmp_path):
+    ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    (ckpt / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    if config:
+        (ckpt / "config.json").write_text(json.dumps(config))
     res = run_lp(
         ["lp.train", "model=hf", f"model.name_or_path={ckpt}", f"hydra.run.dir={tmp_path}/run"],
         lp_cache,
         ROOT,
     )
-    check_refused(res, "not a causal language model", tmp_path / "run")
-
-
-def test_a_directory_without_config_is_refused(lp_cache, tmp_path):
-    res = run_lp(
-        ["lp.train", "model=hf", f"model.name_or_path={tmp_path}", f"hydra.run.dir={tmp_path}/run"],
-        lp_cache,
-        ROOT,
-    )
-    check_refused(res, "has no config.json", tmp_path / "run")
+    check_refused(res, message, tmp_path / "run")
 
 
 def test_unknown_group_option_uses_hydras_message(lp_cache, tmp_path):

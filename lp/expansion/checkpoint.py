@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from lp.checkpoints import EXPANSION_FILE
+from lp.checkpoints import EXPANSION_FILE, publish_dir
 from lp.errors import LpError
 from lp.expansion.arch import ArchFacts, arch_facts, init_value
 from lp.expansion.plan import ExpansionPlan
@@ -269,7 +269,7 @@ def expand_checkpoint(
             json.dumps(expanded_config(config, plan, facts, dtype), indent=2) + "\n"
         )
         (tmp / EXPANSION_FILE).write_text(plan.to_json(base_model=str(src)) + "\n")
-        _swap_in(tmp, dst, force)
+        publish_dir(tmp, dst, replace=force)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dst
@@ -294,15 +294,3 @@ def _copy_side_files(src: Path, dst: Path) -> None:
     for p in src.iterdir():
         if p.is_file() and not WEIGHT_FILE.match(p.name) and p.name not in ("config.json", EXPANSION_FILE):
             shutil.copy2(p, dst / p.name)
-
-
-def _swap_in(tmp: Path, dst: Path, force: bool) -> None:
-    if dst.exists():
-        if not force:
-            raise LpError(f"{dst} exists; pass --force to replace it")
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        dst.rename(old)
-        tmp.rename(dst)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(dst)
