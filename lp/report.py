@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lp.errors import LpError
+from lp.expansion.checkpoint import natural_key
 
 SETTINGS = ("method.name", "expansion.blocks", "expansion.position", "expansion.source", "expansion.init")
 
@@ -44,13 +45,7 @@ class Run:
 def find_runs(sweep: Path) -> list[Path]:
     """Directories holding TensorBoard event files."""
     dirs = {p.parent for p in sweep.rglob("events.out.tfevents.*")}
-    return sorted(dirs, key=lambda d: _natural(str(d.relative_to(sweep))))
-
-
-def _natural(s: str) -> list:
-    import re
-
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", s)]
+    return sorted(dirs, key=lambda d: natural_key(str(d.relative_to(sweep))))
 
 
 def read_run(log_dir: Path, name: str) -> tuple[Run | None, str]:

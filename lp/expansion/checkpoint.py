@@ -127,10 +127,11 @@ def output_tensors(
         for j in by_layer.get(int(m["i"]), []):
             fill = init_value(m["rest"], plan.init, facts) if j in new else None
             out.append(OutTensor(f"{prefix}.{j}.{m['rest']}", name, to, fill))
-    return sorted(out, key=lambda t: _natural(t.name))
+    return sorted(out, key=lambda t: natural_key(t.name))
 
 
-def _natural(name: str) -> list:
+def natural_key(name: str) -> list:
+    """Sort key that orders embedded numbers numerically (layers.2 before layers.10)."""
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 

@@ -74,10 +74,6 @@ class ExpansionPlan:
         new = set(self.new_layers)
         return tuple(j for j in range(self.num_layers) if j not in new)
 
-    @property
-    def is_identity_init(self) -> bool:
-        return self.init in ("zero_out", "zero_norm")
-
     def to_dict(self) -> dict:
         d = asdict(self)
         d["layer_map"] = list(self.layer_map)
