@@ -44,7 +44,8 @@ class CausalLMModule(L.LightningModule):
         self.register_buffer("baseline_general", torch.tensor(float("nan")))
 
     def forward(self, input_ids: torch.Tensor, labels=None, position_ids=None):
-        return self.model(input_ids=input_ids, labels=labels, position_ids=position_ids)
+        # no KV cache in training or evaluation: it would be built and thrown away every step
+        return self.model(input_ids=input_ids, labels=labels, position_ids=position_ids, use_cache=False)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         ids, labels = _inputs(batch)
@@ -85,8 +86,8 @@ class CausalLMModule(L.LightningModule):
             {"params": decay, "weight_decay": self.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        fused = self.device.type == "cuda"
-        opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, fused=fused)
+        # fused AdamW: one kernel for all tensors (CUDA and CPU) instead of a loop over them
+        opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, fused=True)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         sched = get_cosine_schedule_with_warmup(opt, math.ceil(self.warmup_ratio * total), total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

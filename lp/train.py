@@ -28,6 +28,7 @@ from lp.hparams import write_hparams
 from lp.methods import for_export, get_method, prepare
 from lp.models import load_model, load_tokenizer
 from lp.module import CausalLMModule
+from lp.speed import SpeedUp
 from lp.tiny import tiny_base
 
 HPARAM_KEYS = (
@@ -97,6 +98,9 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     write_hparams(logger.log_dir, _hparams(cfg, plan), sorted(final))
     out = None
     if cfg.export and trainer.is_global_zero:
+        for cb in trainer.callbacks:  # frozen weights go out as loaded, not as trained in bf16
+            if isinstance(cb, SpeedUp):
+                cb.restore_frozen()
         out = export_checkpoint(for_export(model, method), tokenizer, plan, name, run_dir / "export")
         print(f"lp: exported {out}\nlp: tensorboard --logdir {run_dir}")
     return RunResult(final, module, out)
@@ -146,6 +150,7 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list:
         FreezeCallback(**c.freeze),
         IdentityCheck(**c.identity_check),
         Throughput(**c.throughput),
+        SpeedUp(**cfg.speed),  # after the freeze callback: it reads which parameters train
     ]
     if c.checkpoint.enabled:
         callbacks.append(
