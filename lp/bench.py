@@ -43,7 +43,7 @@ SHAPES = {  # base shapes (as in the naive reference); --blocks new blocks go on
 # micro-batch, sequence, steps, warm-up steps, rounds: the naive reference's
 # settings for tiny and 1.5b; micro-batch 2 for 8.3b, where the target is set
 DEFAULTS = {
-    "tiny": dict(mb=2, seq=64, steps=12, warmup=3, rounds=6),
+    "tiny": dict(mb=2, seq=64, steps=12, warmup=3, rounds=10),
     "1.5b": dict(mb=4, seq=2048, steps=10, warmup=4, rounds=1),
     "8.3b": dict(mb=2, seq=4096, steps=8, warmup=3, rounds=1),
 }

@@ -10,6 +10,8 @@ import math
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from torchmetrics.aggregation import MeanMetric
 from transformers import get_cosine_schedule_with_warmup
 
@@ -86,11 +88,29 @@ class CausalLMModule(L.LightningModule):
             {"params": decay, "weight_decay": self.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        # fused AdamW: one kernel for all tensors (CUDA and CPU) instead of a loop over them
-        opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, fused=True)
+        # fused AdamW: one kernel for all tensors (CUDA and CPU) instead of a loop over them;
+        # not with fp16's gradient scaler, which must unscale before clipping
+        fused = _grad_scaler(self.trainer) is None
+        opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, fused=fused)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         sched = get_cosine_schedule_with_warmup(opt, math.ceil(self.warmup_ratio * total), total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Lightning's mixed-precision plugin refuses to clip for a fused optimizer,
+        since the fused step unscales fp16 gradients itself. In bf16 there is no
+        scaler and so nothing to unscale: clip the way Lightning does in fp32."""
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+            algorithm = GradClipAlgorithmType(gradient_clip_algorithm or "norm")
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+
+def _grad_scaler(trainer):
+    plugin = getattr(trainer, "precision_plugin", None)
+    return plugin.scaler if isinstance(plugin, MixedPrecision) else None
 
 
 def _inputs(batch) -> tuple[torch.Tensor, torch.Tensor]:

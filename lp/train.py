@@ -70,6 +70,7 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     recorded = read_expansion(str(cfg.model.name_or_path)) if cfg.model.name_or_path else None
     plan_args = None if recorded else _plan_args(cfg)
     method = get_method(cfg.method.name, recorded.blocks if recorded else plan_args["blocks"])
+    callbacks = _callbacks(cfg, run_dir)  # validates their settings before anything expensive
     name = resolve_base(cfg)  # builds the tiny base once when no checkpoint is given
     L.seed_everything(cfg.seed, workers=True)
     model = load_model(name, cfg.model.attn, cfg.model.dtype)
@@ -85,7 +86,7 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
         cfg.trainer,
         precision=_precision(cfg.trainer.precision),
         logger=logger,
-        callbacks=_callbacks(cfg, run_dir),
+        callbacks=callbacks,
         enable_checkpointing=cfg.callbacks.checkpoint.enabled,
     )
     trainer.validate(module, datamodule=data, verbose=False)  # the pre-training baseline, at step 0
@@ -98,7 +99,7 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     write_hparams(logger.log_dir, _hparams(cfg, plan), sorted(final))
     out = None
     if cfg.export and trainer.is_global_zero:
-        for cb in trainer.callbacks:  # frozen weights go out as loaded, not as trained in bf16
+        for cb in callbacks:  # frozen weights go out as loaded, not as trained in bf16
             if isinstance(cb, SpeedUp):
                 cb.restore_frozen()
         out = export_checkpoint(for_export(model, method), tokenizer, plan, name, run_dir / "export")

@@ -15,6 +15,7 @@ CASES = [
     (["expansion.position=middle"], "expansion.position='middle' is unknown"),
     (["expansion.init=noise"], "expansion.init='noise' is unknown"),
     (["model=hf", "model.name_or_path=/no/such/checkpoint"], "does not exist"),
+    (["speed.compile=yes"], "speed.compile='yes' is unknown"),
 ]
 
 
