@@ -101,7 +101,7 @@ class CausalLMModule(L.LightningModule):
         since the fused step unscales fp16 gradients itself. In bf16 there is no
         scaler and so nothing to unscale: clip the way Lightning does in fp32."""
         plugin = self.trainer.precision_plugin
-        if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+        if gradient_clip_val and isinstance(plugin, MixedPrecision) and _grad_scaler(self.trainer) is None:
             algorithm = GradClipAlgorithmType(gradient_clip_algorithm or "norm")
             Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
             return
