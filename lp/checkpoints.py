@@ -7,8 +7,6 @@ blink and bad input is refused before anything heavy loads.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 from lp.errors import LpError
@@ -44,17 +42,3 @@ def read_expansion(name_or_path: str) -> ExpansionPlan | None:
     """The plan recorded next to an already expanded checkpoint, if any."""
     f = Path(name_or_path).expanduser() / EXPANSION_FILE
     return ExpansionPlan.from_dict(json.loads(f.read_text())) if f.is_file() else None
-
-
-def publish_dir(tmp: Path, dst: Path, replace: bool) -> None:
-    """Move a fully written ``tmp`` to ``dst`` by rename, so ``dst`` is never half
-    written; an existing ``dst`` is swapped out only once ``tmp`` is complete."""
-    if not dst.exists():
-        tmp.rename(dst)
-        return
-    if not replace:
-        raise LpError(f"{dst} exists; pass --force to replace it")
-    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-    dst.rename(old)
-    tmp.rename(dst)
-    shutil.rmtree(old)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from lp.checkpoints import EXPANSION_FILE, check_checkpoint
-from lp.errors import LpError
+from lp.errors import LpError, print_error
 from lp.expansion.checkpoint import TORCH_NAMES, expand_checkpoint
 from lp.expansion.plan import INITS, POSITIONS, SOURCES, make_plan
 
@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = make_plan(layers, args.blocks, parse_position(args.position), args.source, args.init)
         out = expand_checkpoint(src, dst, plan, parse_size(args.shard_size), args.dtype, args.force)
     except LpError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return print_error(e)
     new = list(plan.new_layers)
     print(f"lp: expanded {src} ({plan.base_layers} layers) -> {out} ({plan.num_layers} layers, new {new})")
     print(f"lp: train its new blocks with:\n  python -m lp.train model=hf model.name_or_path={out}")

@@ -13,13 +13,12 @@ import argparse
 import csv
 import io
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lp.errors import LpError
+from lp.atomic import write_atomic
+from lp.errors import LpError, print_error
 from lp.expansion.checkpoint import natural_key
 
 SETTINGS = ("method.name", "expansion.blocks", "expansion.position", "expansion.source", "expansion.init")
@@ -155,13 +154,6 @@ def markdown(header: list[str], rows: list[list], skipped: list[tuple[str, str]]
     return "\n".join(out) + "\n"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def figures(runs: list[Run], out: Path) -> None:
     import matplotlib
 
@@ -236,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runs, skipped = report(a.sweep, a.out or a.sweep)
     except LpError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return print_error(e)
     print(f"lp: {len(runs)} runs reported in {a.out or a.sweep}/report.md")
     for n, why in skipped:
         print(f"lp: skipped {n}: {why}")

@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from lp.atomic import staged_dir
 from lp.callbacks import FreezeCallback
 from lp.data import MixtureDataModule, build_source
 from lp.data.sources import split
@@ -40,18 +39,9 @@ def tiny_base(tiny: dict, general: dict, eval_fraction: float) -> Path:
     target = cache / f"tiny-llama-{digest}"
     if (target / "lp_base.json").is_file():
         return target
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache))
-    try:
+    with staged_dir(target, keep_existing=True) as tmp:  # a concurrent builder may win the race
         info = build(settings, general, eval_fraction, tmp)
         (tmp / "lp_base.json").write_text(json.dumps({**key, **info}, indent=2))
-        try:
-            tmp.rename(target)  # atomic; a concurrent builder may have won the race
-        except OSError:
-            if not (target / "lp_base.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

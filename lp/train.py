@@ -21,15 +21,14 @@ from omegaconf.errors import MissingMandatoryValue
 
 from lp.callbacks import FreezeCallback, IdentityCheck, Throughput
 from lp.checkpoints import check_checkpoint, read_expansion
-from lp.errors import LpError
+from lp.errors import LpError, print_error
 from lp.expansion import expand_model, make_plan
 from lp.export import export_checkpoint
 from lp.hparams import write_hparams
 from lp.methods import for_export, get_method, prepare
-from lp.models import load_model, load_tokenizer
+from lp.models import load_model, load_tokenizer, resolve_base
 from lp.module import CausalLMModule
 from lp.speed import SpeedUp
-from lp.tiny import tiny_base
 
 HPARAM_KEYS = (
     "method.name",
@@ -48,10 +47,10 @@ def main(cfg: DictConfig) -> None:
     try:
         run(cfg, run_dir)
     except (LpError, MissingMandatoryValue) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        status = print_error(e)
         _remove_if_unused(run_dir)
         if HydraConfig.get().mode.name == "RUN":
-            sys.exit(2)
+            sys.exit(status)
         # in a sweep the other runs go on; lp.report lists this one as skipped
 
 
@@ -71,7 +70,7 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     plan_args = None if recorded else _plan_args(cfg)
     method = get_method(cfg.method.name, recorded.blocks if recorded else plan_args["blocks"])
     callbacks = _callbacks(cfg, run_dir)  # validates their settings before anything expensive
-    name = resolve_base(cfg)  # builds the tiny base once when no checkpoint is given
+    name = resolve_base(cfg.model, cfg.data)  # builds the tiny base once when no checkpoint is given
     L.seed_everything(cfg.seed, workers=True)
     model = load_model(name, cfg.model.attn, cfg.model.dtype)
     tokenizer = load_tokenizer(name)
@@ -105,16 +104,6 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
         out = export_checkpoint(for_export(model, method), tokenizer, plan, name, run_dir / "export")
         print(f"lp: exported {out}\nlp: tensorboard --logdir {run_dir}")
     return RunResult(final, module, out)
-
-
-def resolve_base(cfg: DictConfig) -> str:
-    if cfg.model.name_or_path:
-        return str(cfg.model.name_or_path)
-    if cfg.model.get("tiny") is None:
-        raise LpError("model.name_or_path is empty and the model config has no tiny section to build from")
-    general = OmegaConf.to_container(cfg.data.general, resolve=True)
-    tiny = OmegaConf.to_container(cfg.model.tiny, resolve=True)
-    return str(tiny_base(tiny, general, float(cfg.data.eval_fraction)))
 
 
 def _plan_args(cfg: DictConfig) -> dict:

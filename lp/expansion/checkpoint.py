@@ -16,12 +16,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from lp.checkpoints import EXPANSION_FILE, publish_dir
+from lp.atomic import staged_dir
+from lp.checkpoints import EXPANSION_FILE
 from lp.errors import LpError
 from lp.expansion.arch import ArchFacts, arch_facts, init_value
 from lp.expansion.plan import ExpansionPlan
@@ -252,9 +252,7 @@ def expand_checkpoint(
     facts = arch_facts(config.get("model_type"))
     tensors = source_tensors(src)
     out = output_tensors(tensors, plan, facts, dtype)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
+    with staged_dir(dst, replace=force) as tmp:
         groups = shards(out, tensors, shard_size)
         weight_map = {}
         for k, group in enumerate(groups, 1):
@@ -270,9 +268,6 @@ def expand_checkpoint(
             json.dumps(expanded_config(config, plan, facts, dtype), indent=2) + "\n"
         )
         (tmp / EXPANSION_FILE).write_text(plan.to_json(base_model=str(src)) + "\n")
-        publish_dir(tmp, dst, replace=force)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dst
 
 

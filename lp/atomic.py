@@ -1,0 +1,65 @@
+"""Writing files and directories so that readers never see them half written.
+
+Everything lp writes for users (exports, expanded checkpoints, cached bases,
+reports, JSON summaries) goes through here: the data is written under a
+temporary name beside its target, then renamed, which is atomic on POSIX.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from lp.errors import LpError
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path``: the old file or the complete new one, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def staged_dir(dst: Path, replace: bool = False, keep_existing: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``dst``; when the block ends without an
+    exception, it becomes ``dst`` by rename, else it is removed.
+
+    An existing ``dst`` is an error unless ``replace`` (swapped out only once the
+    new one is complete) or ``keep_existing`` (a cache filled by a concurrent
+    builder: the first complete one wins and this one is dropped)."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    try:
+        yield tmp
+        if dst.exists() and keep_existing:
+            return
+        publish_dir(tmp, dst, replace)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish_dir(tmp: Path, dst: Path, replace: bool) -> None:
+    """Move a fully written ``tmp`` to ``dst`` by rename, so ``dst`` is never half
+    written; an existing ``dst`` is swapped out only once ``tmp`` is complete."""
+    if not dst.exists():
+        tmp.rename(dst)
+        return
+    if not replace:
+        raise LpError(f"{dst} exists; pass --force to replace it")
+    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    dst.rename(old)
+    tmp.rename(dst)
+    shutil.rmtree(old)
