@@ -29,6 +29,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lp.callbacks import FreezeCallback
 from lp.expansion import expand_model, make_plan
 from lp.flops import peak_flops, useful_flops_per_token
+from lp.methods import METHODS
 from lp.module import CausalLMModule
 from lp.speed import SpeedUp
 
@@ -65,7 +66,7 @@ def build(shape: str, blocks: int, device: torch.device):
 def plain_loop(model, plan, mode: str, batches, device) -> list[float]:
     """What a user writes by hand (the naive reference's step)."""
     cuda = device.type == "cuda"
-    if mode == "block_expansion":
+    if METHODS[mode].trainable == "new_blocks":
         model.requires_grad_(False)
         for j in plan.new_layers:
             model.model.layers[j].requires_grad_(True)
@@ -102,16 +103,15 @@ def lp_trainer(model, plan, mode: str, batches, device, speed: dict) -> list[flo
             self.ends.append(time.perf_counter())
 
     ends = StepEnds()
-    trainable = "new_blocks" if mode == "block_expansion" else "all"
     trainer = L.Trainer(
         max_steps=len(batches), accelerator=device.type, devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
         precision="bf16-mixed" if device.type == "cuda" else "32-true",
-        callbacks=[FreezeCallback(trainable=trainable), SpeedUp(**speed, keep_originals=False), ends],
+        callbacks=[FreezeCallback(), SpeedUp(**speed, keep_originals=False), ends],
     )  # fmt: skip
     # batch_size=None: the loader hands over each prepared batch as it is
     loader = torch.utils.data.DataLoader([{"input_ids": b, "labels": b} for b in batches], batch_size=None)
-    trainer.fit(CausalLMModule(model, plan), train_dataloaders=loader)
+    trainer.fit(CausalLMModule(model, plan, method=mode), train_dataloaders=loader)
     return _intervals(ends.ends)
 
 

@@ -15,36 +15,29 @@ from lp.methods import is_added
 
 
 class FreezeCallback(BaseFinetuning):
-    """Choose what trains. ``trainable``: ``new_blocks`` (the plan's new blocks; the
-    paper), ``all`` (full fine-tuning, pretraining) or ``added`` (the parameters a
-    method added: LoRA adapters, MoE experts). ``train_norms``, ``train_embeddings``
-    and ``train_lm_head`` add those on top."""
+    """Choose what trains: what the module's method trains (``Method.trainable``:
+    ``new_blocks``, the plan's new blocks as in the paper; ``all``; or ``added``,
+    the parameters a method added: LoRA adapters, MoE experts), plus the norms,
+    the input embedding or the output head when ``train_norms``,
+    ``train_embeddings`` or ``train_lm_head`` asks for them."""
 
     def __init__(
-        self,
-        trainable: str = "new_blocks",
-        train_norms: bool = False,
-        train_embeddings: bool = False,
-        train_lm_head: bool = False,
+        self, train_norms: bool = False, train_embeddings: bool = False, train_lm_head: bool = False
     ):
         super().__init__()
-        if trainable not in ("new_blocks", "all", "added"):
-            raise LpError(
-                f"callbacks.freeze.trainable={trainable!r} is unknown; allowed: new_blocks, all, added"
-            )
-        self.trainable, self.train_norms = trainable, train_norms
-        self.train_embeddings, self.train_lm_head = train_embeddings, train_lm_head
+        self.train_norms, self.train_embeddings = train_norms, train_embeddings
+        self.train_lm_head = train_lm_head
 
     def freeze_before_training(self, pl_module: L.LightningModule) -> None:
-        model = pl_module.model
-        if self.trainable == "all":
+        model, trainable = pl_module.model, pl_module.method.trainable
+        if trainable == "all":
             self.make_trainable(model)
             return
         self.freeze(model, train_bn=False)
-        if self.trainable == "new_blocks" and pl_module.plan is not None:
+        if trainable == "new_blocks" and pl_module.plan is not None:
             layers = decoder_layers(model)
             self.make_trainable([layers[j] for j in pl_module.plan.new_layers])
-        if self.trainable == "added":
+        if trainable == "added":
             for name, p in model.named_parameters():
                 p.requires_grad = is_added(name)
         if self.train_norms:

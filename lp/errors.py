@@ -31,3 +31,44 @@ def unwrap(e: BaseException) -> LpError | None:
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return None
+
+
+def refusal(e: BaseException) -> LpError | None:
+    """Bad input behind ``e``, as one ``LpError``: an ``LpError`` (also one wrapped by
+    Hydra's ``instantiate`` or by a sweep's failed job), a mandatory value left
+    unset (``???``), or a config Hydra could not compose (unknown key, group or
+    override syntax). None for anything else: a bug, which keeps its traceback."""
+    found = unwrap(e)
+    if found is not None:
+        return found
+    from hydra.errors import HydraException
+    from omegaconf.errors import MissingMandatoryValue
+
+    if isinstance(e, MissingMandatoryValue):
+        return LpError(str(e).strip().splitlines()[0])
+    if isinstance(e, HydraException):
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        text = lines[0].rstrip(".") if lines else type(e).__name__
+        cause = e.__cause__
+        if cause is not None and str(cause).strip():
+            text += f": {str(cause).strip().splitlines()[0]}"
+        hint = next((line for line in lines if line.startswith("To append")), None)
+        return LpError(f"{text} ({hint[0].lower()}{hint[1:]})" if hint else text)
+    return None
+
+
+def run_cli(main) -> None:
+    """Run a Hydra entry point so that bad input, wherever it is found, ends in one
+    ``error:`` line and exit 2. Hydra is asked to re-raise its own errors
+    (``HYDRA_FULL_ERROR``) instead of printing a multi-line report, so that they
+    can be told apart from bugs here."""
+    import os
+
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        main()
+    except Exception as e:
+        found = refusal(e)
+        if found is None:
+            raise
+        sys.exit(print_error(found))

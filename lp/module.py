@@ -16,10 +16,12 @@ from torchmetrics.aggregation import MeanMetric
 from transformers import get_cosine_schedule_with_warmup
 
 from lp.expansion import ExpansionPlan
+from lp.methods import Method, export_weights, get_method
 
 
 class CausalLMModule(L.LightningModule):
-    """Wraps a Hugging Face causal LM (expanded or not).
+    """Wraps a Hugging Face causal LM (expanded or not) and the method that trains it
+    (``method.trainable`` decides what the freeze callback leaves trainable).
 
     Logs ``train/loss``, ``val/<domain>/loss`` for every eval domain and
     ``forgetting/general``: the current general-domain loss minus the value at
@@ -31,6 +33,7 @@ class CausalLMModule(L.LightningModule):
         model: torch.nn.Module,
         plan: ExpansionPlan | None = None,
         domains: tuple[str, ...] = ("general",),
+        method: Method | str = "block_expansion",
         lr: float = 2e-4,
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -38,12 +41,22 @@ class CausalLMModule(L.LightningModule):
     ):
         super().__init__()
         self.model, self.plan, self.domains = model, plan, list(domains)
+        self.method = get_method(method) if isinstance(method, str) else method
+        # full-precision tensors of frozen weights that training stores in lower precision
+        # (lp.speed), by parameter name: the export writes these, exactly as loaded
+        self.originals: dict[str, torch.Tensor] = {}
         self.model.train()  # from_pretrained returns eval mode; Lightning toggles it for evaluation
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.warmup_ratio = warmup_ratio
         self.val_loss = torch.nn.ModuleDict({d: MeanMetric() for d in self.domains})
         # saved in checkpoints so a resumed run keeps measuring against the same base
         self.register_buffer("baseline_general", torch.tensor(float("nan")))
+
+    def export_weights(self) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+        """An ordinary Hugging Face model (class and config) and the weights that make it
+        compute what this module's model computes now, frozen weights as loaded
+        (``lp.methods.export_weights``). Changes nothing, so any stage may ask any time."""
+        return export_weights(self.model, self.method, self.originals)
 
     def forward(self, input_ids: torch.Tensor, labels=None, position_ids=None):
         # no KV cache in training or evaluation: it would be built and thrown away every step

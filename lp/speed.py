@@ -9,9 +9,9 @@ Each option is a switch whose ``auto`` picks what pays off on the device:
   without a cast per step. Embeddings and norms stay as loaded: the embedding
   sets the residual stream's dtype, which bf16-mixed keeps in fp32.
   ``auto``: on when the Trainer runs bf16-mixed. The full-precision originals
-  stay on the host (where the model was loaded; nothing is copied) and
-  ``SpeedUp.restore_frozen`` puts them back before the export, so exported
-  frozen weights are bit-identical to the base.
+  stay on the host (where the model was loaded; nothing is copied), recorded
+  in the module's ``originals``, which its export view reads, so exported
+  frozen weights are bit-identical to the base whichever callbacks ran.
 - ``liger``: Liger kernels (fused RMSNorm, SwiGLU, RoPE, fused linear
   cross-entropy). ``auto``: on CUDA when ``liger_kernel`` is installed.
 - ``activation_checkpointing``: transformers' own per-layer non-reentrant
@@ -74,25 +74,19 @@ class SpeedUp(Callback):
                 raise LpError(f"speed.{key}={value!r} is unknown; allowed: {allowed}")
         self.keep_originals = keep_originals
         self.applied: dict[str, object] | None = None  # what was done, once done
-        self.originals: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.applied is None:
             device = trainer.strategy.root_device
-            originals = self.originals if self.keep_originals else None
+            originals = pl_module.originals if self.keep_originals else None
             self.applied = speed_up(pl_module.model, trainer.precision, device, originals, **self.options)
             log.info("lp speed options: %s", self.applied)
 
-    def restore_frozen(self) -> None:
-        """Put the full-precision frozen weights back (on the parameters' device)."""
-        for p, original in self.originals:
-            p.data = original.to(p.device)
-        self.originals.clear()
 
-
-def speed_up(model, precision: str, device: torch.device, originals: list | None = None, **options) -> dict:
+def speed_up(model, precision: str, device: torch.device, originals: dict | None = None, **options) -> dict:
     """Apply the options to a model whose trainable set is final; returns what was done.
-    ``originals`` (a list) receives ``(parameter, full-precision tensor)`` pairs."""
+    ``originals`` (a dict) receives the full-precision tensor of every weight cast
+    down, by parameter name."""
     done: dict[str, object] = {}
     dtype = frozen_dtype(options.get("frozen_dtype", "auto"), precision)
     if dtype is not None:
@@ -117,23 +111,22 @@ def frozen_dtype(option: str, precision: str) -> torch.dtype | None:
     return getattr(torch, option)
 
 
-def cast_frozen_linears(model: torch.nn.Module, dtype: torch.dtype, originals: list | None = None) -> int:
+def cast_frozen_linears(model: torch.nn.Module, dtype: torch.dtype, originals: dict | None = None) -> int:
     """Store frozen linear weights (and their biases) in ``dtype``; returns how many
-    tensors. A head tied to the input embedding is left alone: casting it would
-    cast the embedding too, and with it the residual stream."""
+    tensors. ``originals`` receives each full-precision tensor under its parameter
+    name. A head tied to the input embedding is left alone: casting it would cast
+    the embedding too, and with it the residual stream."""
     embeddings = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
-    seen: set[int] = set()
-    for module in model.modules():
-        if not isinstance(module, torch.nn.Linear):
+    linear = {id(p) for m in model.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters(False)}
+    n = 0
+    for name, p in model.named_parameters():  # each shared parameter once, under its first name
+        if id(p) not in linear or p.requires_grad or p.dtype == dtype or id(p) in embeddings:
             continue
-        for p in module.parameters(recurse=False):
-            if p.requires_grad or p.dtype == dtype or id(p) in seen or id(p) in embeddings:
-                continue
-            seen.add(id(p))
-            if originals is not None:
-                originals.append((p, p.data))
-            p.data = p.data.to(dtype)
-    return len(seen)
+        if originals is not None:
+            originals[name] = p.data
+        p.data = p.data.to(dtype)
+        n += 1
+    return n
 
 
 def use_liger(option, device: torch.device) -> bool:

@@ -66,7 +66,7 @@ def build(tiny: dict, general: dict, eval_fraction: float, out: Path) -> dict:
         eval_fraction=eval_fraction,
         seed=tiny["seed"],
     )
-    module = CausalLMModule(model, None, ("general",), lr=tiny["lr"], weight_decay=0.1)
+    module = CausalLMModule(model, None, ("general",), "full_finetune", lr=tiny["lr"], weight_decay=0.1)
     trainer = L.Trainer(
         max_steps=tiny["steps"],
         logger=False,
@@ -77,7 +77,7 @@ def build(tiny: dict, general: dict, eval_fraction: float, out: Path) -> dict:
         num_sanity_val_steps=0,
         inference_mode=False,
         gradient_clip_val=1.0,
-        callbacks=[FreezeCallback(trainable="all")],
+        callbacks=[FreezeCallback()],
     )
     trainer.fit(module, datamodule=data)
     model.save_pretrained(out, safe_serialization=True)

@@ -15,43 +15,41 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 
 from lp.callbacks import FreezeCallback, IdentityCheck, Throughput
 from lp.checkpoints import check_checkpoint, read_expansion
-from lp.errors import LpError, print_error
+from lp.errors import print_error, refusal, run_cli
 from lp.expansion import expand_model, make_plan
 from lp.export import export_checkpoint
-from lp.hparams import write_hparams
-from lp.methods import for_export, get_method, prepare
+from lp.methods import get_method, prepare
 from lp.models import load_model, load_tokenizer, resolve_base
 from lp.module import CausalLMModule
+from lp.record import SETTINGS, mark_failed, write_hparams
+from lp.settings import validate
 from lp.speed import SpeedUp
-
-HPARAM_KEYS = (
-    "method.name",
-    "expansion.blocks",
-    "expansion.position",
-    "expansion.source",
-    "expansion.init",
-    "optim.lr",
-    "seed",
-)
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         run(cfg, run_dir)
-    except (LpError, MissingMandatoryValue) as e:
-        status = print_error(e)
-        _remove_if_unused(run_dir)
-        if HydraConfig.get().mode.name == "RUN":
-            sys.exit(status)
-        # in a sweep the other runs go on; lp.report lists this one as skipped
+    except Exception as e:
+        refused = refusal(e)
+        if refused is not None:
+            print_error(refused)
+        if refused is not None and hydra_cfg.mode == RunMode.RUN:
+            _remove_if_unused(run_dir)
+            sys.exit(2)
+        # in a sweep the other runs go on; lp.report lists this one as skipped, with the
+        # reason, and the multirun exits non-zero once all its runs are done
+        why = str(refused) if refused is not None else f"crashed: {type(e).__name__}: {e}"
+        mark_failed(run_dir, list(hydra_cfg.overrides.task), why.strip().splitlines()[0])
+        raise
 
 
 @dataclass
@@ -62,7 +60,8 @@ class RunResult:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> RunResult:
-    """The whole experiment."""
+    """The whole experiment. Every setting is checked before any model loads."""
+    validate(cfg)
     if cfg.model.name_or_path:
         check_checkpoint(str(cfg.model.name_or_path))
     # an already expanded checkpoint (lp.expand, an lp export) trains its recorded new blocks
@@ -70,16 +69,17 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     plan_args = None if recorded else _plan_args(cfg)
     method = get_method(cfg.method.name, recorded.blocks if recorded else plan_args["blocks"])
     callbacks = _callbacks(cfg, run_dir)  # validates their settings before anything expensive
+    # the sources are read before any model loads, so bad data settings fail first
+    data = instantiate(cfg.data, tokenizer=None, _convert_="all")
     name = resolve_base(cfg.model, cfg.data)  # builds the tiny base once when no checkpoint is given
     L.seed_everything(cfg.seed, workers=True)
     model = load_model(name, cfg.model.attn, cfg.model.dtype)
-    tokenizer = load_tokenizer(name)
+    data.tokenizer = tokenizer = load_tokenizer(name)
     plan = recorded or make_plan(model.config.num_hidden_layers, **plan_args)
     if not recorded:
         expand_model(model, plan)
     model = prepare(model, method, cfg.method)
-    data = instantiate(cfg.data, tokenizer=tokenizer, _convert_="all")
-    module = CausalLMModule(model, plan, tuple(data.domains), **cfg.optim)
+    module = CausalLMModule(model, plan, tuple(data.domains), method, **cfg.optim)
     logger = instantiate(cfg.logger)
     trainer = instantiate(
         cfg.trainer,
@@ -98,10 +98,7 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     write_hparams(logger.log_dir, _hparams(cfg, plan), sorted(final))
     out = None
     if cfg.export and trainer.is_global_zero:
-        for cb in callbacks:  # frozen weights go out as loaded, not as trained in bf16
-            if isinstance(cb, SpeedUp):
-                cb.restore_frozen()
-        out = export_checkpoint(for_export(model, method), tokenizer, plan, name, run_dir / "export")
+        out = export_checkpoint(module, tokenizer, plan, name, run_dir / "export")
         print(f"lp: exported {out}\nlp: tensorboard --logdir {run_dir}")
     return RunResult(final, module, out)
 
@@ -137,7 +134,7 @@ def _precision(value: str) -> str:
 def _callbacks(cfg: DictConfig, run_dir: Path) -> list:
     c = cfg.callbacks
     callbacks = [
-        FreezeCallback(**c.freeze),
+        FreezeCallback(**c.freeze),  # trains what the module's method trains, plus these options
         IdentityCheck(**c.identity_check),
         Throughput(**c.throughput),
         SpeedUp(**cfg.speed),  # after the freeze callback: it reads which parameters train
@@ -150,7 +147,7 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list:
 
 
 def _hparams(cfg: DictConfig, plan) -> dict:
-    flat = {k: OmegaConf.select(cfg, k) for k in HPARAM_KEYS}
+    flat = {k: OmegaConf.select(cfg, k) for k in SETTINGS}
     flat["model"] = str(cfg.model.name_or_path or "tiny")
     flat["new_layers"] = ",".join(map(str, plan.new_layers))
     return flat
@@ -158,10 +155,10 @@ def _hparams(cfg: DictConfig, plan) -> dict:
 
 def _remove_if_unused(run_dir: Path) -> None:
     """A run refused for bad input leaves no directory that looks like a run."""
-    if HydraConfig.get().mode.name == "RUN" and run_dir.is_dir():
+    if run_dir.is_dir():
         if all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -14,11 +14,11 @@ from tests.conftest import tiny_llama
 IDS = torch.randint(0, 99, (2, 16), generator=torch.Generator().manual_seed(0))
 
 
-def frozen_model(position, trainable="new_blocks"):
+def frozen_model(position, method="block_expansion"):
     model = tiny_llama(6, hidden_size=64, intermediate_size=128, num_attention_heads=4)
     plan = make_plan(6, 2, position)
     expand_model(model, plan)
-    FreezeCallback(trainable=trainable).freeze_before_training(CausalLMModule(model, plan))
+    FreezeCallback().freeze_before_training(CausalLMModule(model, plan, method=method))
     return model.train(), plan
 
 
@@ -50,5 +50,5 @@ def test_flop_accounting_matches_a_flop_counter(position):
 
 def test_frozen_step_is_far_cheaper_than_full_finetuning():
     top, _ = frozen_model("top")
-    full, _ = frozen_model("top", trainable="all")
+    full, _ = frozen_model("top", method="expand_full")
     assert measured_flops(top) < 0.55 * measured_flops(full)

@@ -3,6 +3,7 @@
 import copy
 import importlib.machinery
 import json
+import math
 import sys
 import types
 
@@ -19,11 +20,11 @@ from lp.speed import SpeedUp, cast_frozen_linears, checkpoint_trained_layers, co
 from tests.conftest import tiny_llama
 
 
-def frozen(layers=6, blocks=2, trainable="new_blocks", **kw):
+def frozen(layers=6, blocks=2, method="block_expansion", **kw):
     model = tiny_llama(layers, **kw)
     plan = make_plan(layers, blocks)
     expand_model(model, plan)
-    FreezeCallback(trainable=trainable).freeze_before_training(CausalLMModule(model, plan))
+    FreezeCallback().freeze_before_training(CausalLMModule(model, plan, method=method))
     return model.train(), plan
 
 
@@ -42,7 +43,7 @@ IDS = torch.randint(0, 99, (2, 24), generator=torch.Generator().manual_seed(3))
 def test_frozen_linears_in_bf16_give_bit_identical_bf16_mixed_steps():
     fp32, plan = frozen()
     cast = copy.deepcopy(fp32)
-    originals = []
+    originals = {}
     n = cast_frozen_linears(cast, torch.bfloat16, originals)
     linears = [m for m in cast.modules() if isinstance(m, torch.nn.Linear)]
     frozen_linears = [p for m in linears for p in m.parameters() if not p.requires_grad]
@@ -63,16 +64,16 @@ def test_a_head_tied_to_the_embedding_is_not_cast():
     assert model.lm_head.weight.dtype == torch.float32
 
 
-def test_restore_frozen_puts_back_the_exact_originals():
-    model, _ = frozen()
+def test_the_export_view_has_the_exact_originals_and_leaves_training_alone():
+    model, plan = frozen()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    cb = SpeedUp(frozen_dtype="bfloat16")
-    cb.applied = speed_up(model, "32-true", torch.device("cpu"), cb.originals, frozen_dtype="bfloat16")
-    assert "frozen_dtype" in cb.applied
+    module = CausalLMModule(model, plan)
+    done = speed_up(model, "32-true", torch.device("cpu"), module.originals, frozen_dtype="bfloat16")
+    assert "frozen_dtype" in done
     assert not torch.equal(model.lm_head.weight.float(), before["lm_head.weight"])  # bf16 rounded
-    cb.restore_frozen()
-    after = dict(model.named_parameters())
-    assert all(after[n].dtype == t.dtype and torch.equal(after[n], t) for n, t in before.items())
+    _, weights = module.export_weights()
+    assert all(weights[n].dtype == t.dtype and torch.equal(weights[n], t) for n, t in before.items())
+    assert model.lm_head.weight.dtype == torch.bfloat16  # the model being trained is untouched
 
 
 @pytest.mark.parametrize("precision, cast", [("bf16-mixed", True), ("32-true", False), ("16-mixed", False)])
@@ -218,7 +219,8 @@ def test_bf16_mixed_run_trains_in_bf16_and_exports_frozen_weights_unchanged(lp_c
     cfg = compose_cfg([f"logger.save_dir={tmp_path}", "trainer.precision=bf16-mixed", "trainer.max_steps=2"])
     result = lp.train.run(cfg, tmp_path / "run")
     assert len(applied) == 1 and applied[0]["frozen_dtype"].endswith("tensors to bfloat16")
-    assert all(p.dtype == torch.float32 for p in result.module.model.parameters())  # restored for export
+    # the model keeps training in bf16 after the export: the export view changed nothing
+    assert result.module.model.lm_head.weight.dtype == torch.bfloat16
     meta = json.loads((tmp_path / "run/export/lp_expansion.json").read_text())
     new = load_file(tmp_path / "run/export/model.safetensors")
     base = load_file(f"{meta['base_model']}/model.safetensors")
@@ -243,7 +245,7 @@ def test_bench_writes_both_ratios(tmp_path, capsys):
     }
     assert all(r["step_s"] > 0 and r["tokens_per_s"] > 0 and r["useful_tflops"] > 0 for r in result["runs"])
     assert set(result["ratios"]) == {"lp_over_plain_step_time", "freeze_over_full_step_time"}
-    assert all(0 < v < 10 for v in result["ratios"].values())
+    assert all(math.isfinite(v) and v > 0 for v in result["ratios"].values())  # behaviour, not timing
     assert "lp_over_plain_step_time" in capsys.readouterr().out
 
 

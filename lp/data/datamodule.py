@@ -46,6 +46,10 @@ class MixtureDataModule(L.LightningDataModule):
     Eval sets depend only on the source settings, ``seed``, ``seq_len``,
     ``eval_tokens`` and ``eval_fraction``, never on batch size or training
     length, so runs of a sweep are evaluated on identical tokens.
+
+    The sources are built (files found, first rows read) at construction; the
+    ``tokenizer`` may be set afterwards, before ``setup`` (``lp.train`` checks the
+    data before it loads a model).
     """
 
     def __init__(

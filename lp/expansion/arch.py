@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from lp.errors import LpError
+
+if TYPE_CHECKING:
+    from lp.expansion.plan import ExpansionPlan
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,18 @@ class ArchFacts:
 
     def is_norm(self, name: str) -> bool:
         return _matches(name, self.norms)
+
+
+def depth_fields(get: Callable[[str], Any], plan: ExpansionPlan, facts: ArchFacts) -> dict[str, Any]:
+    """The config fields that follow the depth, for the plan's layout: ``num_hidden_layers``
+    and every per-layer list (``get(field)`` reads the base config) remapped through
+    ``plan.layer_map``. One rule for the in-memory model and for ``lp.expand``."""
+    out: dict[str, Any] = {"num_hidden_layers": plan.num_layers}
+    for field in facts.per_layer_config:
+        values = get(field)
+        if isinstance(values, (list, tuple)) and len(values) == plan.base_layers:
+            out[field] = [values[src] for src in plan.layer_map]
+    return out
 
 
 def _matches(name: str, prefixes: tuple[str, ...]) -> bool:

@@ -23,7 +23,7 @@ from typing import BinaryIO
 from lp.atomic import staged_dir
 from lp.checkpoints import EXPANSION_FILE
 from lp.errors import LpError
-from lp.expansion.arch import ArchFacts, arch_facts, init_value
+from lp.expansion.arch import ArchFacts, arch_facts, depth_fields, init_value
 from lp.expansion.plan import ExpansionPlan
 
 INDEX = "model.safetensors.index.json"
@@ -272,12 +272,7 @@ def expand_checkpoint(
 
 
 def expanded_config(config: dict, plan: ExpansionPlan, facts: ArchFacts, dtype: str | None) -> dict:
-    config = dict(config)
-    config["num_hidden_layers"] = plan.num_layers
-    for field in facts.per_layer_config:
-        values = config.get(field)
-        if isinstance(values, list) and len(values) == plan.base_layers:
-            config[field] = [values[i] for i in plan.layer_map]
+    config = {**config, **depth_fields(config.get, plan, facts)}
     if dtype:
         for key in ("torch_dtype", "dtype"):
             if key in config:

@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from lp.expansion.arch import ArchFacts, arch_facts, init_value
+from lp.expansion.arch import ArchFacts, arch_facts, depth_fields, init_value
 from lp.expansion.plan import ExpansionPlan
 
 
@@ -60,8 +60,5 @@ def renumber_layers(model: nn.Module, facts: ArchFacts) -> None:
 
 
 def expand_config(config, plan: ExpansionPlan, facts: ArchFacts) -> None:
-    config.num_hidden_layers = plan.num_layers
-    for field in facts.per_layer_config:
-        values = getattr(config, field, None)
-        if isinstance(values, (list, tuple)) and len(values) == plan.base_layers:
-            setattr(config, field, [values[src] for src in plan.layer_map])
+    for field, value in depth_fields(lambda f: getattr(config, f, None), plan, facts).items():
+        setattr(config, field, value)

@@ -1,9 +1,11 @@
 """Training methods: what is built around the base and which parameters train.
 
-All methods share one LightningModule and one training step; a method is a
-``Method`` value: which parameters train (read by the freeze callback), how the
-model is prepared after loading and expansion, and how it is turned back into an
-ordinary Hugging Face model for export.
+All methods share one LightningModule and one training step. A ``Method`` is the
+one owner of which parameters train: the freeze callback, ``lp.bench``, the
+report and the tests all read ``Method.trainable``; the config only names the
+method (``method=``). A method also says how the model is prepared after loading
+and expansion, and which weights an ordinary Hugging Face model of the base's
+architecture needs to compute the same function (the export).
 
 - ``block_expansion`` (paper): new blocks train, everything else is frozen.
 - ``expand_full``: expansion, then every parameter trains (added capacity without freezing).
@@ -14,10 +16,16 @@ ordinary Hugging Face model for export.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+import torch
 
 from lp.errors import LpError
 from lp.expansion import decoder_layers
+from lp.methods import moe
+
+LORA_PREFIX = "lora_"  # peft's LoraModel.prefix: lora_A, lora_B (not imported: peft is slow to import)
 
 
 @dataclass(frozen=True)
@@ -36,10 +44,13 @@ METHODS = {
 }
 
 
-def get_method(name: str, blocks: int) -> Method:
+def get_method(name: str, blocks: int | None = None) -> Method:
+    """The method called ``name``; with ``blocks``, refuses a contradicting expansion."""
     if name not in METHODS:
         raise LpError(f"method.name={name!r} is unknown; allowed: {', '.join(METHODS)}")
     m = METHODS[name]
+    if blocks is None:
+        return m
     if m.expands and blocks == 0:
         raise LpError(f"method={name} needs expansion.blocks > 0; for no expansion use method=full_finetune")
     if not m.expands and blocks != 0:
@@ -50,7 +61,7 @@ def get_method(name: str, blocks: int) -> Method:
     return m
 
 
-def prepare(model, method: Method, settings: dict):
+def prepare(model, method: Method, settings: Mapping):
     """Add what the method trains (LoRA adapters, MoE experts) to a loaded model."""
     if method.name == "lora":
         from peft import LoraConfig, get_peft_model
@@ -61,23 +72,50 @@ def prepare(model, method: Method, settings: dict):
         )  # fmt: skip
         return get_peft_model(model, cfg)
     if method.name == "moe":
-        from lp.methods.moe import add_experts
-
-        return add_experts(model, decoder_layers(model))
-    return model
-
-
-def for_export(model, method: Method):
-    """An ordinary Hugging Face model computing the same function."""
-    if method.name == "lora":
-        return model.merge_and_unload()
-    if method.name == "moe":
-        from lp.methods.moe import merge_experts
-
-        return merge_experts(model, decoder_layers(model))
+        return moe.add_experts(model, decoder_layers(model))
     return model
 
 
 def is_added(name: str) -> bool:
     """Parameters a method added: LoRA's ``lora_A``/``lora_B``, MoE's new experts."""
-    return "lora_" in name or ".moe_" in name
+    return any(part.startswith((LORA_PREFIX, *moe.ADDED)) for part in name.split("."))
+
+
+def export_weights(
+    model, method: Method, originals: Mapping[str, torch.Tensor] | None = None
+) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """An ordinary Hugging Face model of the base's architecture (for its class and
+    config) and the weights that make it compute what ``model`` computes now.
+
+    ``originals``: full-precision tensors, by parameter name, of frozen weights
+    that training stores in lower precision (``lp.speed``); they replace the
+    stored ones, so frozen weights go out exactly as loaded. ``model`` itself is
+    not changed, so this can be asked for at any time during training.
+    """
+    originals = originals or {}
+    weights = {k: originals.get(k, v) for k, v in model.state_dict().items()}
+    if method.name == "lora":
+        return _lora_export(model, weights)
+    if method.name == "moe":
+        return model, moe.fold_state_dict(model, weights)
+    return model, weights
+
+
+def _lora_export(model, weights: dict) -> tuple[torch.nn.Module, dict]:
+    """W + ΔW for every adapted linear layer (peft's own ``get_delta_weight``, the
+    update ``merge_and_unload`` adds), under the base model's parameter names."""
+    from peft.tuners.lora import LoraLayer
+
+    prefix = "base_model.model."
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            for adapter in module.active_adapters:
+                w = weights[f"{name}.base_layer.weight"]
+                delta = module.get_delta_weight(adapter).detach()
+                weights[f"{name}.base_layer.weight"] = (w.to(delta.dtype) + delta).to(w.dtype)
+    out = {}
+    for k, v in weights.items():
+        if any(part.startswith(LORA_PREFIX) for part in k.split(".")):
+            continue
+        out[k.removeprefix(prefix).replace(".base_layer.", ".")] = v
+    return model.get_base_model(), out

@@ -34,20 +34,6 @@ class MixedDownProj(nn.Module):
         p = torch.softmax(self.moe_logits.float(), dim=0).to(h.dtype)
         return 2 * (p[0] * self.original(h) + p[1] * self.moe_down(h))
 
-    def merged(self) -> nn.Linear:
-        """One linear layer computing the same function."""
-        p = torch.softmax(self.moe_logits.detach().float(), dim=0)
-        out = nn.Linear(
-            self.original.in_features, self.original.out_features, bias=self.original.bias is not None
-        )
-        out.to(device=self.original.weight.device, dtype=self.original.weight.dtype)
-        with torch.no_grad():
-            w = 2 * (p[0] * self.original.weight.float() + p[1] * self.moe_down.weight.float())
-            out.weight.copy_(w)
-            if out.bias is not None:
-                out.bias.copy_(2 * (p[0] * self.original.bias.float() + p[1] * self.moe_down.bias.float()))
-        return out
-
 
 def add_experts(model: nn.Module, layers: nn.ModuleList) -> nn.Module:
     for block in layers:
@@ -55,8 +41,24 @@ def add_experts(model: nn.Module, layers: nn.ModuleList) -> nn.Module:
     return model
 
 
-def merge_experts(model: nn.Module, layers: nn.ModuleList) -> nn.Module:
-    for block in layers:
-        if isinstance(block.mlp.down_proj, MixedDownProj):
-            block.mlp.down_proj = block.mlp.down_proj.merged()
-    return model
+def fold(original: dict[str, torch.Tensor], new: dict[str, torch.Tensor], logits: torch.Tensor) -> dict:
+    """The one linear layer's weight (and bias) computing ``MixedDownProj``'s function:
+    ``2 * (p0 * W + p1 * W_new)``, in float32, returned in the original's dtype."""
+    p = torch.softmax(logits.detach().float(), dim=0)
+    return {
+        k: (2 * (p[0] * original[k].float() + p[1] * new[k].float())).to(original[k].dtype) for k in original
+    }
+
+
+def fold_state_dict(model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``weights`` (the model's state dict) with every ``MixedDownProj`` folded into
+    the plain ``down_proj`` of the base architecture; the model is not changed."""
+    out = dict(weights)
+    for name, module in model.named_modules():
+        if isinstance(module, MixedDownProj):
+            keys = [k for k in ("weight", "bias") if f"{name}.original.{k}" in weights]
+            original = {k: out.pop(f"{name}.original.{k}") for k in keys}
+            new = {k: out.pop(f"{name}.moe_down.{k}") for k in keys}
+            folded = fold(original, new, out.pop(f"{name}.moe_logits"))
+            out.update({f"{name}.{k}": v for k, v in folded.items()})
+    return out
