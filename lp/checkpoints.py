@@ -14,6 +14,7 @@ from lp.expansion.arch import ARCHS
 from lp.expansion.plan import ExpansionPlan
 
 EXPANSION_FILE = "lp_expansion.json"
+WEIGHTS = ("*.safetensors", "pytorch_model*.bin")  # what transformers loads weights from
 
 
 def check_checkpoint(name_or_path: str, label: str = "model.name_or_path") -> None:
@@ -27,9 +28,18 @@ def check_checkpoint(name_or_path: str, label: str = "model.name_or_path") -> No
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise LpError(f"{label}={name_or_path} has no config.json; it is not a Hugging Face checkpoint")
-    model_type = json.loads(cfg_file.read_text()).get("model_type")
+    try:
+        config = json.loads(cfg_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise LpError(f"{label}={name_or_path}: config.json is not valid JSON ({e})") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type not in ARCHS and not is_causal_lm(model_type):
         raise LpError(f"{label}={name_or_path} is a {model_type!r} model, not a causal language model")
+    if not any(any(path.glob(pattern)) for pattern in WEIGHTS):
+        raise LpError(
+            f"{label}={name_or_path} has a config.json but no weights ({' or '.join(WEIGHTS)}); "
+            "is the download or copy complete?"
+        )
 
 
 def is_causal_lm(model_type: str | None) -> bool:

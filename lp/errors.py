@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from contextlib import contextmanager
 
 
 class LpError(Exception):
@@ -57,18 +59,24 @@ def refusal(e: BaseException) -> LpError | None:
     return None
 
 
-def run_cli(main) -> None:
-    """Run a Hydra entry point so that bad input, wherever it is found, ends in one
-    ``error:`` line and exit 2. Hydra is asked to re-raise its own errors
-    (``HYDRA_FULL_ERROR``) instead of printing a multi-line report, so that they
-    can be told apart from bugs here."""
-    import os
-
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+@contextmanager
+def exit_on_refusal():
+    """Bad input raised inside the block ends the process: one ``error:`` line, exit 2.
+    Anything else propagates with its traceback."""
     try:
-        main()
+        yield
     except Exception as e:
         found = refusal(e)
         if found is None:
             raise
         sys.exit(print_error(found))
+
+
+def run_cli(main) -> None:
+    """Run a Hydra entry point so that bad input, wherever it is found, ends in one
+    ``error:`` line and exit 2. Hydra is asked to re-raise its own errors
+    (``HYDRA_FULL_ERROR``) instead of printing a multi-line report, so that they
+    can be told apart from bugs here."""
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    with exit_on_refusal():
+        main()

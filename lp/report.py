@@ -20,8 +20,7 @@ from pathlib import Path
 from lp.atomic import write_atomic
 from lp.errors import LpError, print_error
 from lp.expansion.checkpoint import natural_key
-
-SETTINGS = ("method.name", "expansion.blocks", "expansion.position", "expansion.source", "expansion.init")
+from lp.record import FAILED, SETTINGS, read_failure
 
 
 @dataclass
@@ -42,8 +41,11 @@ class Run:
 
 
 def find_runs(sweep: Path) -> list[Path]:
-    """Directories holding TensorBoard event files."""
+    """Directories holding TensorBoard event files, and run directories of failed runs
+    (``lp_failed.json``) whose event files, if any, lie below them."""
+    failed = {p.parent for p in sweep.rglob(FAILED)}
     dirs = {p.parent for p in sweep.rglob("events.out.tfevents.*")}
+    dirs = {d for d in dirs if not failed.intersection((d, *d.parents))} | failed
     return sorted(dirs, key=lambda d: natural_key(str(d.relative_to(sweep))))
 
 
@@ -92,6 +94,10 @@ def collect(sweep: Path) -> tuple[list[Run], list[tuple[str, str]]]:
     runs, skipped = [], []
     for d in find_runs(sweep):
         name = str(d.relative_to(sweep)).removesuffix("/tb") or d.name
+        failure = read_failure(d)
+        if failure is not None:
+            skipped.append((name, f"failed: {failure}"))
+            continue
         try:
             run, why = read_run(d, name)
         except Exception as e:  # a half-written event file must not stop the report
@@ -204,6 +210,8 @@ def _save(fig, path: Path) -> None:
 def report(sweep: Path, out: Path) -> tuple[list[Run], list[tuple[str, str]]]:
     if not sweep.is_dir():
         raise LpError(f"{sweep} is not a directory; give a sweep (or run) directory")
+    if out.exists() and not out.is_dir():
+        raise LpError(f"--out {out} is a file; give a directory for the report")
     runs, skipped = collect(sweep)
     if not runs:
         why = "; ".join(f"{n}: {w}" for n, w in skipped) or "no TensorBoard event files found"

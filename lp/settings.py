@@ -141,6 +141,7 @@ def rules() -> dict[str, Check]:
         "trainer.precision": choice("auto", *lightning_precisions()),
         "trainer.accelerator": choice("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
         "trainer.devices": devices,
+        "inspect.batches": integer(1),  # python -m lp.data
     }
 
 

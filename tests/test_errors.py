@@ -1,56 +1,190 @@
-"""Bad input: one line on stderr, non-zero exit, no traceback, no run directory left."""
+"""Bad input: one ``error:`` line naming the setting or file, exit 2, no traceback,
+nothing written, for every entry point (lp.train, lp.expand, lp.data, lp.report).
+
+The table runs the real entry points in this process (as ``python -m`` would:
+``runpy``, ``sys.argv``, Hydra, ``run_cli``), so 40 cases cost seconds, not a Python start
+each; a few cases also run as real subprocesses."""
 
 import json
+import runpy
+import sys
 
 import pytest
 
 from tests.conftest import ROOT, run_lp
 
-CASES = [
+
+def hydra_cli(module: str, args: list[str], monkeypatch) -> int:
+    """``python -m module args`` in this process; returns the exit status. An
+    exception that escapes (a traceback) fails the test."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    monkeypatch.setattr(sys, "argv", [module, *args])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    GlobalHydra.instance().clear()
+    try:  # as `python -m`: the module runs as __main__, its last line calls run_cli(main)
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        return e.code
+    finally:
+        GlobalHydra.instance().clear()
+    return 0
+
+
+def local_data(tmp, rows: str | bytes, suffix=".jsonl") -> list[str]:
+    f = tmp / f"code{suffix}"
+    f.write_bytes(rows if isinstance(rows, bytes) else rows.encode())
+    good = tmp / "math.jsonl"
+    good.write_text(json.dumps({"text": "1 + 1 = 2"}) + "\n")
+    return ["data=local", f"data.sources.code.files={f}", f"data.sources.math.files={good}"]
+
+
+def checkpoint(tmp, config: str | None, weights: bool = False) -> list[str]:
+    d = tmp / "ckpt"
+    d.mkdir()
+    if config is not None:
+        (d / "config.json").write_text(config)
+    if weights:
+        (d / "model.safetensors").write_bytes(b"")
+    return ["model=hf", f"model.name_or_path={d}"]
+
+
+LLAMA = json.dumps({"model_type": "llama", "num_hidden_layers": 2})
+
+# (overrides, or a function of a temporary directory giving them; what the error line must name)
+TRAIN = [
+    (["data.seq_len=0"], "data.seq_len=0"),
+    (["data.batch_size=0"], "data.batch_size=0"),
+    (["data.eval_tokens=-5"], "data.eval_tokens=-5"),
+    (["data.eval_fraction=1.5"], "data.eval_fraction=1.5"),
+    (["data.num_workers=-1"], "data.num_workers=-1"),
+    (["optim.lr=-1"], "optim.lr=-1"),
+    (["optim.warmup_ratio=2"], "optim.warmup_ratio=2"),
+    (["optim.weight_decay=-0.1"], "optim.weight_decay=-0.1"),
+    (["optim.betas=[0.9,1.5]"], "optim.betas=[0.9, 1.5]"),
+    (["trainer.precision=bf17"], "trainer.precision='bf17'"),
+    (["trainer.max_steps=0"], "trainer.max_steps=0"),
+    (["trainer.val_check_interval=0"], "trainer.val_check_interval=0"),
+    (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1"),
+    (["callbacks.throughput.window=0"], "callbacks.throughput.window=0"),
+    (["callbacks.throughput.peak_tflops=-3"], "callbacks.throughput.peak_tflops=-3"),
+    (["speed.compile=yes"], "speed.compile='yes'"),
+    (["speed.frozen_dtype=int8"], "speed.frozen_dtype='int8'"),
+    (["model.dtype=float8"], "model.dtype='float8'"),
+    (["model.attn=flash"], "model.attn='flash'"),
+    (["seed=-1"], "seed=-1"),
+    (["method=lora", "method.r=0"], "method.r=0"),
     (["expansion.blocks=-1"], "expansion.blocks=-1"),
     (["expansion.blocks=2.5"], "not an integer"),
-    (["expansion.blocks=many"], "not an integer"),
     (["expansion.position=[0,1,99]", "expansion.blocks=3"], "out of range"),
-    (["expansion.position=[1]", "expansion.blocks=2"], "one index per new block"),
     (["expansion.position=middle"], "expansion.position='middle' is unknown"),
     (["expansion.init=noise"], "expansion.init='noise' is unknown"),
-    (["model=hf", "model.name_or_path=/no/such/checkpoint"], "does not exist"),
-    (["speed.compile=yes"], "speed.compile='yes' is unknown"),
+    (["method=expand_full", "callbacks.freeze.trainable=new_blocks"], "callbacks.freeze.trainable"),
+    (["+callbacks.freeze.trainable=new_blocks"], "callbacks.freeze.trainable is not a setting"),
+    (["model=nope"], "model/nope"),
+    # raised inside Hydra's instantiate: the line is lp's own, not Hydra's wrapper
+    (["+data.sources.extra={kind: math, weight: 0}"], "error: data source 'extra': weight=0"),
+    (lambda t: local_data(t, ""), "error: data source 'code': "),  # ... code.jsonl is empty
+    (lambda t: local_data(t, '{"content": "x = 1"}\n'), "error: data source 'code': rows have no text"),
+    (lambda t: local_data(t, b"PAR1 not really parquet", ".parquet"), "error: data source 'code': cannot"),
+    (lambda t: checkpoint(t, LLAMA), "has a config.json but no weights"),
+    (lambda t: checkpoint(t, "{not json", weights=True), "config.json is not valid JSON"),
+    (lambda t: checkpoint(t, None), "has no config.json"),
+    (lambda t: checkpoint(t, json.dumps({"model_type": "vit"}), weights=True), "not a causal language model"),
+    (["model=hf", "model.name_or_path=/no/such/checkpoint"], "/no/such/checkpoint does not exist"),
 ]
 
 
-def check_refused(res, message, run_dir):
-    assert res.returncode != 0
-    assert "Traceback" not in res.stderr
-    lines = [l for l in res.stderr.strip().splitlines() if l.strip()]
-    assert lines[-1].startswith("error: ") and message in lines[-1], res.stderr[-1500:]
-    assert not run_dir.exists(), sorted(p.name for p in run_dir.rglob("*"))
+def check_one_line(code: int, err: str, message: str) -> None:
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err[-2000:]
 
 
-@pytest.mark.parametrize("overrides, message", CASES)
-def test_bad_input_is_refused_in_one_line(overrides, message, lp_cache, tmp_path):
-    res = run_lp(["lp.train", *overrides, f"hydra.run.dir={tmp_path}/run"], lp_cache, ROOT)
-    check_refused(res, message, tmp_path / "run")
+@pytest.mark.parametrize("overrides, message", TRAIN)
+def test_lp_train_refuses_bad_input_in_one_line(overrides, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LP_CACHE", str(tmp_path / "cache"))  # nothing may be built for a refused run
+    args = overrides(tmp_path) if callable(overrides) else overrides
+    code = hydra_cli("lp.train", [*args, f"hydra.run.dir={tmp_path}/run"], monkeypatch)
+    check_one_line(code, capsys.readouterr().err, message)
+    assert not (tmp_path / "run").exists(), sorted(p.name for p in (tmp_path / "run").rglob("*"))
+    assert not (tmp_path / "cache").exists()
 
 
 @pytest.mark.parametrize(
-    "config, message", [({"model_type": "vit"}, "not a causal language model"), (None, "has no config.json")]
+    "overrides, message",
+    [(["inspect.batches=0"], "inspect.batches=0"), (["data.batch_size=-2"], "data.batch_size=-2")],
 )
-def test_a_local_directory_that_is_no_causal_lm_is_refused(config, message, lp_cache, tmp_path):
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    if config:
-        (ckpt / "config.json").write_text(json.dumps(config))
-    res = run_lp(
-        ["lp.train", "model=hf", f"model.name_or_path={ckpt}", f"hydra.run.dir={tmp_path}/run"],
-        lp_cache,
-        ROOT,
-    )
-    check_refused(res, message, tmp_path / "run")
+def test_lp_data_refuses_bad_input_in_one_line(overrides, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LP_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "inspect.json"
+    code = hydra_cli("lp.data", [*overrides, f"inspect.json={out}"], monkeypatch)
+    check_one_line(code, capsys.readouterr().err, message)
+    assert not out.exists() and not (tmp_path / "cache").exists()
 
 
-def test_unknown_group_option_uses_hydras_message(lp_cache, tmp_path):
-    res = run_lp(["lp.train", "model=nope", f"hydra.run.dir={tmp_path}/run"], lp_cache, ROOT)
-    assert res.returncode != 0 and "Traceback" not in res.stderr
-    assert "Could not find 'model/nope'" in res.stderr
+def expand_src(tmp):
+    from tests.test_expand_checkpoint import family_model, save
+
+    return save(family_model("llama"), tmp / "src")
+
+
+EXPAND = [
+    (lambda t: [expand_src(t), "--blocks", "-1"], "expansion.blocks=-1"),
+    (lambda t: [expand_src(t), "--blocks", "2", "--shard-size", "5XB"], "--shard-size '5XB'"),
+    (lambda t: [expand_src(t), "--blocks", "2", "--position", "1,x"], "--position '1,x'"),
+    (lambda t: [t / "missing", "--blocks", "1"], "missing does not exist"),
+    (lambda t: [checkpoint(t, LLAMA)[1].split("=", 1)[1], "--blocks", "1"], "no weights"),
+    (lambda t: [checkpoint(t, "[1,", weights=True)[1].split("=", 1)[1], "--blocks", "1"], "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("make, message", EXPAND)
+def test_lp_expand_refuses_bad_input_in_one_line(make, message, tmp_path, capsys):
+    from lp.expand import main
+
+    src, *rest = make(tmp_path)
+    capsys.readouterr()
+    code = main([str(src), str(tmp_path / "dst"), *rest])
+    check_one_line(code, capsys.readouterr().err, message)
+    assert not (tmp_path / "dst").exists()
+
+
+def test_lp_expand_refuses_an_existing_destination(tmp_path, capsys):
+    from lp.expand import main
+
+    src, dst = expand_src(tmp_path), tmp_path / "dst"
+    dst.mkdir()
+    (dst / "mine.txt").write_text("keep")
+    capsys.readouterr()
+    check_one_line(main([str(src), str(dst), "--blocks", "1"]), capsys.readouterr().err, "--force")
+    assert [p.name for p in dst.iterdir()] == ["mine.txt"]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda t: [str(t / "nowhere")], "nowhere is not a directory"),
+        (lambda t: [str(t)], "no finished run"),
+        (lambda t: [str(t), "--out", str(t / "file.md")], "--out"),
+    ],
+)
+def test_lp_report_refuses_bad_input_in_one_line(make, message, tmp_path, capsys):
+    from lp.report import main
+
+    (tmp_path / "file.md").write_text("mine")
+    args = make(tmp_path)
+    check_one_line(main(args), capsys.readouterr().err, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.md"]
+    assert (tmp_path / "file.md").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [(["data.seq_len=0"], "data.seq_len=0"), (["model=nope"], "Could not find 'model/nope'")],
+)
+def test_a_real_process_gets_one_line_and_exit_2(overrides, message, lp_cache, tmp_path):
+    res = run_lp(["lp.train", *overrides, f"hydra.run.dir={tmp_path}/run"], lp_cache, ROOT)
+    check_one_line(res.returncode, res.stderr, message)
     assert not (tmp_path / "run").exists()

@@ -1,6 +1,7 @@
 """Every experiment file survives a shrunk sweep; lp.report reads a real sweep."""
 
 import csv
+import json
 
 import pytest
 
@@ -67,3 +68,34 @@ def test_submitit_local_launcher(lp_cache, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     out = sweep("ablation_source", lp_cache, tmp_path, "hydra/launcher=submitit_local")
     assert len([p for p in out.iterdir() if p.is_dir() and (p / "export").is_dir()]) == 2
+
+
+def test_a_failed_run_fails_the_sweep_and_the_report_lists_it(lp_cache, tmp_path):
+    res = run_lp(
+        ["lp.train", "-m", "debug=smoke", "expansion.blocks=1,-1", f"hydra.sweep.dir={tmp_path}/sweep"],
+        lp_cache, ROOT,
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr[-3000:]  # a sweep with a refused run must not look green
+    assert "Traceback" not in res.stderr and "error: expansion.blocks=-1" in res.stderr
+    out = tmp_path / "sweep"
+    marker = json.loads((out / "1_expansion.blocks=-1/lp_failed.json").read_text())
+    assert marker["overrides"] == ["debug=smoke", "expansion.blocks=-1"]
+    assert marker["reason"].startswith("expansion.blocks=-1")
+    assert (out / "0_expansion.blocks=1/export/lp_expansion.json").is_file()  # the good run still ran
+    assert report_main([str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "1 runs" in md and f"- 1_expansion.blocks=-1: failed: {marker['reason']}" in md
+
+
+def test_a_crashed_run_leaves_a_marker_and_its_traceback(lp_cache, tmp_path):
+    ckpt = tmp_path / "ckpt"  # well-formed on the outside, garbage weights: a load that crashes
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2}))
+    (ckpt / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    res = run_lp(
+        ["lp.train", "model=hf", f"model.name_or_path={ckpt}", "debug=smoke",
+         f"hydra.run.dir={tmp_path}/run"], lp_cache, ROOT,
+    )  # fmt: skip
+    assert res.returncode not in (0, 2) and "Traceback" in res.stderr  # a bug or a broken file, not bad input
+    reason = json.loads((tmp_path / "run/lp_failed.json").read_text())["reason"]
+    assert reason.startswith("crashed: ")

@@ -4,33 +4,31 @@ configured mixture before spending GPU hours on it."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from omegaconf.errors import MissingMandatoryValue
 
 from lp.atomic import write_atomic
 from lp.data.inspect import format_report, inspect_mixture
-from lp.errors import LpError, print_error
+from lp.errors import exit_on_refusal, run_cli
+from lp.settings import validate
 
 
 @hydra.main(version_base=None, config_path="../../conf", config_name="inspect")
 def main(cfg: DictConfig) -> None:
-    try:
-        from lp.models import load_tokenizer, resolve_base
+    from lp.models import load_tokenizer, resolve_base
 
-        tokenizer = load_tokenizer(resolve_base(cfg.model, cfg.data))
-        data = instantiate(cfg.data, tokenizer=tokenizer, _convert_="all")
+    with exit_on_refusal():  # here, not only around main: Hydra would add a line of its own
+        validate(cfg)
+        data = instantiate(cfg.data, tokenizer=None, _convert_="all")  # bad data fails before the base builds
+        data.tokenizer = load_tokenizer(resolve_base(cfg.model, cfg.data))
         report = inspect_mixture(data, int(cfg.inspect.batches))
-    except (LpError, MissingMandatoryValue) as e:
-        sys.exit(print_error(e))
     print(format_report(report, int(cfg.inspect.batches)))
     if cfg.inspect.json:
         write_atomic(Path(str(cfg.inspect.json)).expanduser(), json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

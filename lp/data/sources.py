@@ -18,6 +18,7 @@ import hashlib
 import importlib.resources
 import importlib.util
 import itertools
+import logging
 import os
 import random
 import re
@@ -168,6 +169,9 @@ def _files(name: str, cfg: dict) -> Documents:
     paths = sorted({p for pat in patterns for p in glob.glob(os.path.expanduser(str(pat)), recursive=True)})
     if not paths:
         raise LpError(f"data source {name!r}: no file matches {', '.join(map(str, patterns))}")
+    empty = [p for p in paths if os.path.getsize(p) == 0]
+    if empty:
+        raise LpError(f"data source {name!r}: {empty[0]} is empty")
     kinds = {BUILDERS.get(Path(p).suffix) for p in paths}
     if None in kinds or len(kinds) > 1:
         raise LpError(
@@ -201,6 +205,9 @@ def _hf_stream(name: str, cfg: dict, text_field: str, load_args: dict) -> Docume
 
     split_ = cfg.get("split", "train")
     buffer = int(cfg.get("shuffle_buffer", 10_000))
+    quiet = logging.getLogger("datasets")  # a failure is reported below in one line, not also logged
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         ds = load_dataset(**load_args, split=split_, streaming=True)
         first = next(iter(ds), None)
@@ -209,6 +216,8 @@ def _hf_stream(name: str, cfg: dict, text_field: str, load_args: dict) -> Docume
     except Exception as e:  # network, missing config, unreadable file: one line, named
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LpError(f"data source {name!r}: cannot read {load_args.get('path')}: {reason}") from None
+    finally:
+        quiet.setLevel(level)
     if first is None:
         raise LpError(f"data source {name!r}: it holds no documents")
     if text_field not in first:
