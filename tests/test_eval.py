@@ -46,11 +46,14 @@ def tiny_dir(tmp_path_factory):
     return out
 
 
-@pytest.fixture(autouse=True)
-def offline_cache(lp_cache, monkeypatch):
-    monkeypatch.setenv("LP_CACHE", str(lp_cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+@pytest.fixture(scope="module", autouse=True)
+def offline_cache(lp_cache):
+    """The session's cache and no hub, for module fixtures too (they compose configs)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LP_CACHE", str(lp_cache))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("HF_DATASETS_OFFLINE", "1")
+        yield
 
 
 # ---- exact-match math ---------------------------------------------------------------------
@@ -97,7 +100,9 @@ def test_humaneval_canonical_solutions_pass_and_empty_bodies_fail():
 def test_humaneval_runaway_code_is_stopped():
     p = humaneval_dataset(code_timeout_s=0.5)["test"][0]
     assert humaneval_pass_at_1(p, ["    while True:\n        pass\n"]) == {"pass@1": 0.0}
-    hog = "    x = bytearray(4 * 2**30)\n" + p["canonical_solution"]  # 4 GiB, over the 1 GiB cap
+    p = humaneval_dataset(code_timeout_s=5.0, code_memory_mb=1024)["test"][0]
+    # 4 GiB of address space, mapped lazily: instant without a cap, refused over the 1 GiB cap
+    hog = "    import mmap\n    m = mmap.mmap(-1, 4 * 2**30)\n" + p["canonical_solution"]
     assert humaneval_pass_at_1(p, [hog]) == {"pass@1": 0.0}
     assert humaneval_pass_at_1(p, [p["canonical_solution"]]) == {"pass@1": 1.0}
 

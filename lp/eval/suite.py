@@ -167,7 +167,7 @@ class SuiteResult:
             (
                 s.group,
                 s.task,
-                s.metric + ("" if s.primary else " "),
+                s.metric + (" *" if s.primary else ""),
                 f"{s.value:.4f}",
                 "" if s.stderr is None else f"{s.stderr:.4f}",
                 str(s.n),
@@ -175,7 +175,7 @@ class SuiteResult:
             )
             for s in self.scores
         ]
-        rows += [(g, "(average)", "", f"{v:.4f}", "", "", "") for g, v in self.groups.items()]
+        rows += [(g, "average of *", "", f"{v:.4f}", "", "", "") for g, v in self.groups.items()]
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         return "\n".join(
             "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]
