@@ -183,6 +183,8 @@ def test_every_offline_task_runs_on_a_tiny_model(tiny_dir, tmp_path, lp_cache):
             "lp.eval",
             f"model.name_or_path={tiny_dir}",
             "eval.limit=2",
+            "eval.tasks.math.lp_math.max_gen_toks=16",  # generation is the cost; 16 tokens still
+            "eval.tasks.code.lp_humaneval.max_gen_toks=16",  # go through the scorers
             f"out={out}",
             f"hydra.run.dir={tmp_path}/run",
         ],
