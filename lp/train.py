@@ -143,6 +143,12 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list:
         callbacks.append(
             L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
         )
+    if c.benchmark.enabled:  # the eval/ suite at step 0 and after the last step (lp.eval)
+        from lp.eval.callback import BenchmarkCallback
+
+        callbacks.append(
+            BenchmarkCallback(cfg.eval, out_dir=run_dir, every_n_steps=c.benchmark.every_n_steps)
+        )
     return callbacks
 
 

@@ -1,0 +1,81 @@
+"""``python -m lp.eval``: benchmark a checkpoint through lm-evaluation-harness.
+
+Loads the model once, runs the configured suite (conf/eval/) on it, prints a
+table and writes ``eval.json`` atomically: next to a local model, or into
+``out`` / the run directory. Bad input is one ``error:`` line and exit 2,
+before the model loads where it can be, and leaves no eval.json behind.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
+
+from lp.atomic import write_atomic
+from lp.checkpoints import check_checkpoint
+from lp.errors import LpError, print_error
+from lp.eval.suite import Suite, SuiteResult, load_tasks, run_suite
+
+EVAL_FILE = "eval.json"
+# a file path: run as ``-m lp.eval`` the decorated function sits in a package module, and Hydra
+# would read a relative path as a Python package
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+@hydra.main(version_base=None, config_path=CONF, config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        run(cfg, run_dir)
+    except (LpError, MissingMandatoryValue) as e:
+        status = print_error(e)
+        _remove_if_empty(run_dir)
+        sys.exit(status)
+    _remove_if_empty(run_dir)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> tuple[SuiteResult, Path]:
+    """Evaluate ``cfg.model`` on ``cfg.eval``; returns the results and the eval.json written."""
+    suite = Suite.from_cfg(cfg.eval)
+    name = str(cfg.model.name_or_path) if cfg.model.name_or_path else None
+    if name:
+        check_checkpoint(name)
+    tasks = load_tasks(suite)  # unknown names, missing data and code execution fail here, before the model
+    from lp.models import load_model, load_tokenizer, resolve_base
+
+    name = name or resolve_base(cfg.model, cfg.data)
+    model = load_model(name, cfg.model.attn, cfg.model.dtype).to(_device(cfg.device))
+    tokenizer = load_tokenizer(name)
+    result = run_suite(model, tokenizer, suite, tasks)
+    out = _out_dir(cfg, run_dir) / EVAL_FILE
+    write_atomic(out, json.dumps(result.to_json(model=name), indent=2) + "\n")
+    print(result.table())
+    print(f"lp: {suite.name} suite in {result.seconds:.0f}s; wrote {out}")
+    return result, out
+
+
+def _out_dir(cfg: DictConfig, run_dir: Path) -> Path:
+    if cfg.out:
+        return Path(str(cfg.out)).expanduser()
+    local = Path(str(cfg.model.name_or_path or "")).expanduser()
+    return local if cfg.model.name_or_path and local.is_dir() else run_dir
+
+
+def _device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    """No empty run directory is left behind when eval.json went elsewhere (or nowhere)."""
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
