@@ -1,4 +1,5 @@
+from lp.errors import run_cli
 from lp.eval.cli import main
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

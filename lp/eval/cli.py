@@ -9,17 +9,15 @@ before the model loads where it can be, and leaves no eval.json behind.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
-from omegaconf.errors import MissingMandatoryValue
 
 from lp.atomic import write_atomic
 from lp.checkpoints import check_checkpoint
-from lp.errors import LpError, print_error
+from lp.errors import exit_on_refusal
 from lp.eval.suite import Suite, SuiteResult, load_tasks, run_suite
 
 EVAL_FILE = "eval.json"
@@ -32,12 +30,10 @@ CONF = str(Path(__file__).resolve().parents[2] / "conf")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        run(cfg, run_dir)
-    except (LpError, MissingMandatoryValue) as e:
-        status = print_error(e)
+        with exit_on_refusal():  # here, not only around main: Hydra would add a line of its own
+            run(cfg, run_dir)
+    finally:
         _remove_if_empty(run_dir)
-        sys.exit(status)
-    _remove_if_empty(run_dir)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> tuple[SuiteResult, Path]:
