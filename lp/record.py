@@ -19,6 +19,9 @@ SETTINGS = (
     "optim.lr",
     "seed",
 )
+# the metric families whose final values the HPARAMS entry lists: validation losses,
+# forgetting (by loss and by benchmark), benchmark scores (lp.eval) and benchmark gains
+METRIC_FAMILIES = ("val/", "forgetting/", "bench/", "gain/")
 FAILED = "lp_failed.json"  # in the run directory of a refused or crashed run
 
 

@@ -39,6 +39,11 @@ class Run:
         drops = [c[0][1] - c[-1][1] for t, c in self.curves.items() if "/general/" not in t]
         return sum(drops) / len(drops) if drops else math.nan
 
+    def bench_gain(self) -> float:
+        """Mean rise of the new-domain benchmark averages (``gain/bench/<group>``) from step 0."""
+        gains = [v for t, v in self.final.items() if t.startswith("gain/bench/")]
+        return sum(gains) / len(gains) if gains else math.nan
+
 
 def find_runs(sweep: Path) -> list[Path]:
     """Directories holding TensorBoard event files, and run directories of failed runs
@@ -114,8 +119,9 @@ COLUMNS = ["method", "blocks", "position", "source", "init", "trainable params"]
 
 def table(runs: list[Run]) -> tuple[list[str], list[list]]:
     domains = sorted({d for r in runs for d in r.domains})
+    bench = _bench_columns(runs)
     header = ["run", *COLUMNS, *(f"val/{d}/loss" for d in domains), "domain gain", "forgetting/general",
-              "tokens/s"]  # fmt: skip
+              *bench, "tokens/s"]  # fmt: skip
     rows = []
     for r in sorted(runs, key=lambda r: (-_num(r.gain()), r.name)):
         s = r.settings
@@ -125,25 +131,40 @@ def table(runs: list[Run]) -> tuple[list[str], list[list]]:
             s.get("expansion.position", ""), s.get("expansion.source", ""), s.get("expansion.init", ""),
             int(r.final.get("perf/trainable_params", 0)),
             *(r.final.get(f"val/{d}/loss", math.nan) for d in domains),
-            r.gain(), r.final.get("forgetting/general", math.nan), r.final.get("perf/tokens_per_s", math.nan),
+            r.gain(), r.final.get("forgetting/general", math.nan),
+            *(r.final.get(t, math.nan) for t in bench), r.final.get("perf/tokens_per_s", math.nan),
         ])  # fmt: skip
     return header, rows
+
+
+def _bench_columns(runs: list[Run]) -> list[str]:
+    """Benchmark columns (``callbacks.benchmark``), where any run has them: each group's
+    average, then the general forgetting and each domain's gain from step 0."""
+    tags = {t for r in runs for t in r.final}
+    averages = sorted(t for t in tags if t.startswith("bench/") and t.endswith("/average"))
+    return [*averages, *sorted(t for t in tags if t.startswith(("forgetting/bench/", "gain/bench/")))]
 
 
 def _num(x) -> float:
     return x if isinstance(x, (int, float)) and not math.isnan(x) else -math.inf
 
 
-BETTER_HIGH = {"domain gain", "tokens/s"}
+def _better(column: str) -> str | None:
+    """ "high", "low" or None (not ranked) for a report column."""
+    if column in ("domain gain", "tokens/s") or column.startswith(("bench/", "gain/")):
+        return "high"
+    if column.startswith(("val/", "forgetting/")):
+        return "low"
+    return None
 
 
 def markdown(header: list[str], rows: list[list], skipped: list[tuple[str, str]], sweep: Path) -> str:
     best = {}
     for j, h in enumerate(header):
-        if h.startswith("val/") or h in ("forgetting/general", *BETTER_HIGH):
+        if _better(h):
             vals = [r[j] for r in rows if isinstance(r[j], float) and not math.isnan(r[j])]
             if vals:
-                best[j] = max(vals) if h in BETTER_HIGH else min(vals)
+                best[j] = max(vals) if _better(h) == "high" else min(vals)
     out = [f"# Sweep report: {sweep}", "", f"{len(rows)} runs, sorted by domain gain (mean drop of the "
            "new-domain validation losses from step 0). **Bold**: best in the column.", ""]  # fmt: skip
     out.append("| " + " | ".join(header) + " |")
@@ -160,21 +181,36 @@ def markdown(header: list[str], rows: list[list], skipped: list[tuple[str, str]]
     return "\n".join(out) + "\n"
 
 
-def figures(runs: list[Run], out: Path) -> None:
+AXES = {  # the gain-vs-forgetting figure: by validation losses or by benchmark scores
+    "loss": (
+        lambda r: (r.gain(), r.final.get("forgetting/general", math.nan)),
+        "domain gain: mean drop of code/math validation loss (higher is better)",
+        "forgetting/general: rise of general loss (lower is better)",
+    ),
+    "bench": (
+        lambda r: (r.bench_gain(), r.final.get("forgetting/bench/general", math.nan)),
+        "domain gain: mean rise of the math/code benchmark averages (higher is better)",
+        "forgetting/bench/general: drop of the general benchmark average (lower is better)",
+    ),
+}
+
+
+def figures(runs: list[Run], out: Path, axes: str = "loss") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    point, xlabel, ylabel = AXES[axes]
     fig, ax = plt.subplots(figsize=(7, 5))
     for r in runs:
-        x, y = r.gain(), r.final.get("forgetting/general", math.nan)
+        x, y = point(r)
         ax.scatter(x, y)
         ax.annotate(_label(r.name), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("domain gain: mean drop of code/math validation loss (higher is better)")
-    ax.set_ylabel("forgetting/general: rise of general loss (lower is better)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.axhline(0, color="grey", lw=0.5)
-    ax.set_title("Domain gain vs forgetting")
+    ax.set_title(f"Domain gain vs forgetting ({axes})")
     _save(fig, out / "gain_vs_forgetting.png")
 
     tags = sorted({t for r in runs for t in r.curves})
@@ -207,7 +243,7 @@ def _save(fig, path: Path) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def report(sweep: Path, out: Path) -> tuple[list[Run], list[tuple[str, str]]]:
+def report(sweep: Path, out: Path, axes: str = "loss") -> tuple[list[Run], list[tuple[str, str]]]:
     if not sweep.is_dir():
         raise LpError(f"{sweep} is not a directory; give a sweep (or run) directory")
     if out.exists() and not out.is_dir():
@@ -216,13 +252,18 @@ def report(sweep: Path, out: Path) -> tuple[list[Run], list[tuple[str, str]]]:
     if not runs:
         why = "; ".join(f"{n}: {w}" for n, w in skipped) or "no TensorBoard event files found"
         raise LpError(f"no finished run under {sweep} ({why})")
+    if axes == "bench" and not any("forgetting/bench/general" in r.final for r in runs):
+        raise LpError(
+            f"--axes bench: no run under {sweep} logged benchmarks; "
+            "train with callbacks.benchmark.enabled=true"
+        )
     out.mkdir(parents=True, exist_ok=True)
     header, rows = table(runs)
     write_atomic(out / "report.md", markdown(header, rows, skipped, sweep).encode())
     buf = io.StringIO()
     csv.writer(buf).writerows([header, *rows])
     write_atomic(out / "report.csv", buf.getvalue().encode())
-    figures(runs, out)
+    figures(runs, out, axes)
     return runs, skipped
 
 
@@ -232,9 +273,13 @@ def main(argv: list[str] | None = None) -> int:
         "sweep", type=Path, help="a sweep directory (multirun/<date>/<time>) or one run directory"
     )
     ap.add_argument("--out", type=Path, help="where to write the report (default: SWEEP)")
+    ap.add_argument(
+        "--axes", choices=sorted(AXES), default="loss",
+        help="gain vs forgetting by validation losses (default) or by benchmark scores",
+    )  # fmt: skip
     a = ap.parse_args(argv)
     try:
-        runs, skipped = report(a.sweep, a.out or a.sweep)
+        runs, skipped = report(a.sweep, a.out or a.sweep, a.axes)
     except LpError as e:
         return print_error(e)
     print(f"lp: {len(runs)} runs reported in {a.out or a.sweep}/report.md")

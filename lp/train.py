@@ -27,7 +27,7 @@ from lp.export import export_checkpoint
 from lp.methods import get_method, prepare
 from lp.models import load_model, load_tokenizer, resolve_base
 from lp.module import CausalLMModule
-from lp.record import SETTINGS, mark_failed, write_hparams
+from lp.record import METRIC_FAMILIES, SETTINGS, mark_failed, write_hparams
 from lp.settings import validate
 from lp.speed import SpeedUp
 
@@ -54,7 +54,7 @@ def main(cfg: DictConfig) -> None:
 
 @dataclass
 class RunResult:
-    metrics: dict[str, float]  # final val/<domain>/loss and forgetting/general
+    metrics: dict[str, float]  # final val/<domain>/loss, forgetting/general and, if run, bench/...
     module: CausalLMModule  # the trained model, in memory
     export: Path | None
 
@@ -92,9 +92,7 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     trainer.fit(module, datamodule=data)
     if trainer.global_step % int(cfg.trainer.val_check_interval) != 0:
         trainer.validate(module, datamodule=data, verbose=False)
-    final = {
-        k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "forgetting/"))
-    }
+    final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(METRIC_FAMILIES)}
     write_hparams(logger.log_dir, _hparams(cfg, plan), sorted(final))
     out = None
     if cfg.export and trainer.is_global_zero:

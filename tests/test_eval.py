@@ -2,6 +2,7 @@
 harness, their scores where they can be known, the in-training callback's forgetting,
 and bad input. CPU, no network."""
 
+import csv
 import json
 import sys
 from fractions import Fraction
@@ -265,6 +266,20 @@ def test_callback_forgetting_matches_lp_eval_on_the_same_checkpoints(lp_cache, t
     assert forgetting[-1].value == pytest.approx(general["base"] - general["final"], abs=1e-6)
     step0 = json.loads((tmp_path / "bench" / "step_0.json").read_text())
     assert step0["groups"]["general"] == pytest.approx(general["base"], abs=1e-6)
+
+    # the HPARAMS entry and lp.report carry the benchmark metrics
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from lp.report import main as report_main
+
+    hp = acc.PluginTagToContent("hparams")["_hparams_/experiment"]
+    listed = {m.name.tag for m in plugin_data_pb2.HParamsPluginData.FromString(hp).experiment.metric_infos}
+    assert {"forgetting/bench/general", "bench/general/average", "gain/bench/code"} <= listed
+    assert report_main([str(tmp_path), "--axes", "bench", "--out", str(tmp_path / "rep")]) == 0
+    row = next(csv.DictReader((tmp_path / "rep/report.csv").open()))
+    assert float(row["forgetting/bench/general"]) == pytest.approx(forgetting[-1].value, abs=1e-6)
+    assert "bench/math/average" in row and "gain/bench/math" in row
+    assert (tmp_path / "rep/gain_vs_forgetting.png").read_bytes()[:4] == b"\x89PNG"
 
 
 # ---- bad input ----------------------------------------------------------------------------
