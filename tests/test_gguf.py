@@ -96,8 +96,8 @@ def test_an_interrupted_conversion_leaves_no_cache_entry(smollm2, tmp_path, monk
 def test_expanded_smollm2_is_an_exact_identity(smollm2, position):
     model = load(smollm2["base"])
     plan = make_plan(30, 8, position=position)
-    if position == "interleave":  # uneven groups: 4, 4, 4, 4, 4, 4, 3, 3 layers, a new block after each
-        assert [plan.layer_map[j] for j in plan.new_layers] == [3, 7, 11, 15, 19, 23, 26, 29]
+    if position == "interleave":  # uneven groups: 4, 4, 4, 3, 4, 4, 4, 3 layers, a new block after each
+        assert [plan.layer_map[j] for j in plan.new_layers] == [3, 7, 11, 14, 18, 22, 26, 29]
     expand_model(model, plan)
     assert model.config.num_hidden_layers == 38
     with torch.no_grad():
@@ -153,6 +153,7 @@ def test_bad_gguf_input_is_refused_in_one_line(lp_cache, tmp_path):
     assert not any(lp_cache.glob("gguf-*"))
 
 
+@pytest.mark.slow  # ~1 min on 2 cores: data setup, 2 steps, 4 evaluations, a 620 MB export
 def test_a_short_smollm2_run_trains_only_the_new_blocks(smollm2, tmp_path, monkeypatch):
     """The whole lp.train path on the real base: identity check, freezing with a tied
     head, export."""
