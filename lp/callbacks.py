@@ -8,6 +8,7 @@ import time
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BaseFinetuning, Callback
+from lightning.pytorch.utilities import rank_zero_info
 
 from lp.errors import LpError
 from lp.expansion import decoder_layers
@@ -48,6 +49,8 @@ class FreezeCallback(BaseFinetuning):
             self.make_trainable(model.get_input_embeddings())
         if self.train_lm_head:
             self.make_trainable(model.get_output_embeddings())
+        if self.train_embeddings != self.train_lm_head and _tied_head(model):
+            rank_zero_info("lp: lm_head is tied to the input embedding (one tensor): it trains as both")
         if not any(p.requires_grad for p in model.parameters()):
             raise LpError(
                 "nothing to train: no new blocks or added parameters and every freeze option is off; "
@@ -61,6 +64,11 @@ class FreezeCallback(BaseFinetuning):
         n = sum(p.numel() for p in pl_module.model.parameters() if p.requires_grad)
         if trainer.logger is not None:
             trainer.logger.log_metrics({"perf/trainable_params": float(n)}, step=trainer.global_step)
+
+
+def _tied_head(model) -> bool:
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    return head is not None and embeddings is not None and head.weight is embeddings.weight
 
 
 class IdentityCheck(Callback):

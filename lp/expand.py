@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shard-size", default="5GB", help="largest shard, e.g. 5GB, 500MB (default 5GB)")
     p.add_argument("--dtype", choices=sorted(TORCH_NAMES), help="convert floating tensors (default: keep)")
     p.add_argument("--force", action="store_true", help="replace DST if it exists")
+    p.add_argument(
+        "--gguf-file", help="SRC holds this GGUF file: convert it first (once; cached in $LP_CACHE, lp.gguf)"
+    )
     return p.parse_args(argv)
 
 
@@ -64,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         src, dst = args.src.expanduser(), args.dst.expanduser()
+        if args.gguf_file:
+            from lp.gguf import converted_base, default_cache, locate
+
+            src = converted_base(locate(str(src), args.gguf_file), default_cache())
         if not src.is_dir():
             raise LpError(f"{src} does not exist or is not a directory; give a local Hugging Face checkpoint")
         check_checkpoint(str(src), label="SRC")

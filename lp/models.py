@@ -1,10 +1,13 @@
 """Base models and tokenizers: which checkpoint a run starts from, and loading it
-(local Hugging Face directories, hub ids, or the tiny base built here)."""
+(local Hugging Face directories, hub ids, GGUF files converted once, or the tiny
+base built here)."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -41,8 +44,13 @@ def load_tokenizer(name_or_path: str):
 
 
 def resolve_base(model: Mapping, data: Mapping) -> str:
-    """The checkpoint a run starts from: ``model.name_or_path``, or else the tiny
-    offline base, built once on ``data``'s general corpus and cached."""
+    """The checkpoint a run starts from: the conversion of ``model.gguf_file``
+    (converted once and cached), ``model.name_or_path``, or else the tiny offline
+    base, built once on ``data``'s general corpus and cached."""
+    if model.get("gguf_file"):
+        from lp.gguf import converted_base
+
+        return str(converted_base(gguf_source(model), gguf_cache(model)))
     if model.get("name_or_path"):
         return str(model["name_or_path"])
     if model.get("tiny") is None:
@@ -50,6 +58,40 @@ def resolve_base(model: Mapping, data: Mapping) -> str:
     from lp.tiny import tiny_base
 
     return str(tiny_base(_plain(model["tiny"]), _plain(data["general"]), float(data["eval_fraction"])))
+
+
+def gguf_source(model: Mapping) -> Path | None:
+    """The GGUF file ``model.gguf_file`` names (inside ``model.name_or_path``), located;
+    None when the model is no GGUF file. Refuses a missing file or package in one line."""
+    if not model.get("gguf_file"):
+        return None
+    from lp.gguf import locate
+
+    return locate(model.get("name_or_path"), str(model["gguf_file"]), model.get("install"))
+
+
+def gguf_cache(model: Mapping) -> str:
+    from lp.gguf import default_cache
+
+    return str(model.get("cache_dir") or default_cache())
+
+
+def declared_layers(model: Mapping) -> int | None:
+    """The base's depth, known before loading it (to validate the expansion early):
+    from a GGUF header or converted copy, a local config.json, or the tiny settings;
+    None for a hub id."""
+    gguf = gguf_source(model)
+    if gguf is not None:
+        from lp.gguf import declared_layers as gguf_layers
+
+        return gguf_layers(gguf, gguf_cache(model))
+    name = model.get("name_or_path")
+    if not name:
+        return int(model["tiny"]["num_layers"])
+    config = Path(str(name)).expanduser() / "config.json"
+    if config.is_file():
+        return json.loads(config.read_text()).get("num_hidden_layers")
+    return None
 
 
 def _plain(cfg) -> dict:

@@ -5,7 +5,6 @@ The Hydra entry point; the only module that knows about the config tree.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from lp.errors import print_error, refusal, run_cli
 from lp.expansion import expand_model, make_plan
 from lp.export import export_checkpoint
 from lp.methods import get_method, prepare
-from lp.models import load_model, load_tokenizer, resolve_base
+from lp.models import declared_layers, load_model, load_tokenizer, resolve_base
 from lp.module import CausalLMModule
 from lp.record import METRIC_FAMILIES, SETTINGS, mark_failed, write_hparams
 from lp.settings import validate
@@ -62,10 +61,11 @@ class RunResult:
 def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     """The whole experiment. Every setting is checked before any model loads."""
     validate(cfg)
-    if cfg.model.name_or_path:
-        check_checkpoint(str(cfg.model.name_or_path))
+    checkpoint = None if cfg.model.get("gguf_file") else cfg.model.name_or_path  # a GGUF is checked as one
+    if checkpoint:
+        check_checkpoint(str(checkpoint))
     # an already expanded checkpoint (lp.expand, an lp export) trains its recorded new blocks
-    recorded = read_expansion(str(cfg.model.name_or_path)) if cfg.model.name_or_path else None
+    recorded = read_expansion(str(checkpoint)) if checkpoint else None
     plan_args = None if recorded else _plan_args(cfg)
     method = get_method(cfg.method.name, recorded.blocks if recorded else plan_args["blocks"])
     callbacks = _callbacks(cfg, run_dir)  # validates their settings before anything expensive
@@ -107,20 +107,10 @@ def _plan_args(cfg: DictConfig) -> dict:
     exp = cfg.expansion
     position = exp.position if isinstance(exp.position, str) else list(exp.position)
     args = dict(blocks=exp.blocks, position=position, source=exp.source, init=exp.init)
-    layers = _declared_layers(cfg)
+    layers = declared_layers(cfg.model)  # a GGUF file is validated here, before anything is written
     if layers is not None:
         make_plan(layers, **args)
     return args
-
-
-def _declared_layers(cfg: DictConfig) -> int | None:
-    name = cfg.model.name_or_path
-    if not name:
-        return int(cfg.model.tiny.num_layers)
-    config = Path(str(name)).expanduser() / "config.json"
-    if config.is_file():
-        return json.loads(config.read_text()).get("num_hidden_layers")
-    return None
 
 
 def _precision(value: str) -> str:
@@ -152,7 +142,7 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list:
 
 def _hparams(cfg: DictConfig, plan) -> dict:
     flat = {k: OmegaConf.select(cfg, k) for k in SETTINGS}
-    flat["model"] = str(cfg.model.name_or_path or "tiny")
+    flat["model"] = str(cfg.model.get("gguf_file") or cfg.model.name_or_path or "tiny")
     flat["new_layers"] = ",".join(map(str, plan.new_layers))
     return flat
 

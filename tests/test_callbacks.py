@@ -73,6 +73,17 @@ def test_freeze_options_add_norms_embeddings_head():
     assert "model.layers.0.mlp.up_proj.weight" not in trainable
 
 
+@pytest.mark.parametrize("options", [{}, {"train_lm_head": True}, {"train_embeddings": True}])
+def test_a_tied_head_is_one_tensor_that_trains_only_when_asked(options):
+    plan = make_plan(4, 2)
+    model = expand_model(tiny_llama(4, tie_word_embeddings=True), plan)
+    before = snapshot(model)
+    fit(CausalLMModule(model, plan, lr=1e-2), [FreezeCallback(**options)])
+    head = model.get_output_embeddings().weight
+    assert head is model.get_input_embeddings().weight  # still tied after training
+    assert torch.equal(head, before["model.embed_tokens.weight"]) == (not options)
+
+
 def test_nothing_to_train_is_refused():
     model = tiny_llama(2)
     with pytest.raises(LpError, match="nothing to train"):

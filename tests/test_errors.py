@@ -106,7 +106,9 @@ def check_one_line(code: int, err: str, message: str) -> None:
 def test_lp_train_refuses_bad_input_in_one_line(overrides, message, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LP_CACHE", str(tmp_path / "cache"))  # nothing may be built for a refused run
     args = overrides(tmp_path) if callable(overrides) else overrides
-    code = hydra_cli("lp.train", [*args, f"hydra.run.dir={tmp_path}/run"], monkeypatch)
+    # model=tiny unless a case names its model: the refusal comes before any base is built
+    model = [] if any(a.startswith("model=") for a in args) else ["model=tiny"]
+    code = hydra_cli("lp.train", [*model, *args, f"hydra.run.dir={tmp_path}/run"], monkeypatch)
     check_one_line(code, capsys.readouterr().err, message)
     assert not (tmp_path / "run").exists(), sorted(p.name for p in (tmp_path / "run").rglob("*"))
     assert not (tmp_path / "cache").exists()
