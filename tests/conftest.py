@@ -1,11 +1,20 @@
+import logging
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning  # noqa: F401
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.utils import logging as hf_logging
+
+# Lightning and transformers give their loggers a stream handler bound to sys.stderr when
+# first imported or used; bind them to the real stderr now, not to the stream of whichever
+# test first captures it (closed afterwards: in-process entry points would log into it)
+hf_logging.get_logger("transformers")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,3 +53,29 @@ def run_lp(args: list[str], cache: Path, cwd: Path, timeout: int = 300) -> subpr
     return subprocess.run(
         [sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def hydra_cli(module: str, args: list[str], monkeypatch) -> int:
+    """``python -m module args`` in this process; returns the exit status. An
+    exception that escapes (a traceback) fails the test."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    monkeypatch.setattr(sys, "argv", [module, *args])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    GlobalHydra.instance().clear()
+    try:  # as `python -m`: the module runs as __main__, its last line calls run_cli(main)
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        return e.code
+    finally:
+        GlobalHydra.instance().clear()
+        # Hydra's logging handlers hold this test's captured stderr, closed after the test
+        logging.getLogger().handlers.clear()
+    return 0
+
+
+def check_one_line(code: int, err: str, message: str) -> None:
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err[-2000:]

@@ -6,29 +6,10 @@ The table runs the real entry points in this process (as ``python -m`` would:
 each; a few cases also run as real subprocesses."""
 
 import json
-import runpy
-import sys
 
 import pytest
 
-from tests.conftest import ROOT, run_lp
-
-
-def hydra_cli(module: str, args: list[str], monkeypatch) -> int:
-    """``python -m module args`` in this process; returns the exit status. An
-    exception that escapes (a traceback) fails the test."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    monkeypatch.setattr(sys, "argv", [module, *args])
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
-    GlobalHydra.instance().clear()
-    try:  # as `python -m`: the module runs as __main__, its last line calls run_cli(main)
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
-    except SystemExit as e:
-        return e.code
-    finally:
-        GlobalHydra.instance().clear()
-    return 0
+from tests.conftest import ROOT, check_one_line, hydra_cli, run_lp
 
 
 def local_data(tmp, rows: str | bytes, suffix=".jsonl") -> list[str]:
@@ -93,13 +74,6 @@ TRAIN = [
     (lambda t: checkpoint(t, json.dumps({"model_type": "vit"}), weights=True), "not a causal language model"),
     (["model=hf", "model.name_or_path=/no/such/checkpoint"], "/no/such/checkpoint does not exist"),
 ]
-
-
-def check_one_line(code: int, err: str, message: str) -> None:
-    assert code == 2, err[-2000:]
-    assert "Traceback" not in err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err[-2000:]
 
 
 @pytest.mark.parametrize("overrides, message", TRAIN)

@@ -14,8 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import lp.gguf
 from lp.expansion import expand_model, make_plan
 from lp.gguf import converted_base, locate
-from tests.conftest import ROOT, run_lp
-from tests.test_errors import check_refused
+from tests.conftest import check_one_line, hydra_cli
 
 FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 IDS = torch.tensor(
@@ -143,13 +142,15 @@ def bad_input_cases(tmp_path):
     ]
 
 
-def test_bad_gguf_input_is_refused_in_one_line(lp_cache, tmp_path):
+def test_bad_gguf_input_is_refused_in_one_line(lp_cache, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LP_CACHE", str(lp_cache))
     for i, (name, message) in enumerate(bad_input_cases(tmp_path)):
         run_dir = tmp_path / f"run{i}"
         model = ["model=hf", f"model.name_or_path={tmp_path}", f"model.gguf_file={name}"]
-        res = run_lp(["lp.train", *model, f"hydra.run.dir={run_dir}"], lp_cache, ROOT)
-        check_refused(res, message, run_dir)
-        assert name in res.stderr.strip().splitlines()[-1]
+        code = hydra_cli("lp.train", [*model, f"hydra.run.dir={run_dir}"], monkeypatch)
+        err = capsys.readouterr().err
+        check_one_line(code, err, message)
+        assert name in err and not run_dir.exists()
     assert not any(lp_cache.glob("gguf-*"))
 
 
