@@ -39,13 +39,12 @@ def main(cfg: DictConfig) -> None:
 def run(cfg: DictConfig, run_dir: Path) -> tuple[SuiteResult, Path]:
     """Evaluate ``cfg.model`` on ``cfg.eval``; returns the results and the eval.json written."""
     suite = Suite.from_cfg(cfg.eval)
-    name = str(cfg.model.name_or_path) if cfg.model.name_or_path else None
-    if name:
-        check_checkpoint(name)
+    if cfg.model.name_or_path and not cfg.model.get("gguf_file"):  # a GGUF file is checked as one
+        check_checkpoint(str(cfg.model.name_or_path))
     tasks = load_tasks(suite)  # unknown names, missing data and code execution fail here, before the model
     from lp.models import load_model, load_tokenizer, resolve_base
 
-    name = name or resolve_base(cfg.model, cfg.data)
+    name = resolve_base(cfg.model, cfg.data)  # a GGUF file converts once; the tiny base builds once
     model = load_model(name, cfg.model.attn, cfg.model.dtype).to(_device(cfg.device))
     tokenizer = load_tokenizer(name)
     result = run_suite(model, tokenizer, suite, tasks)
