@@ -1,0 +1,58 @@
+"""Writes that readers never see half done (lp.atomic), with ordinary permissions."""
+
+import os
+import stat
+
+import pytest
+
+from lp.atomic import staged_dir, write_atomic
+from lp.errors import LpError
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_write_atomic_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
+    target = tmp_path / "report.md"
+    write_atomic(target, "old")
+    mask = os.umask(0o022)
+    try:
+        write_atomic(target, "new")
+        assert target.read_text() == "new" and mode(target) == 0o644  # not mkstemp's 0600
+    finally:
+        os.umask(mask)
+
+    def crash(*args):
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        write_atomic(target, "half")
+    monkeypatch.undo()
+    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]
+
+
+def test_staged_dir_publishes_only_complete_directories(tmp_path):
+    dst = tmp_path / "export"
+    with pytest.raises(RuntimeError), staged_dir(dst) as tmp:
+        (tmp / "model.safetensors").write_text("partial")
+        raise RuntimeError("interrupted")
+    assert not dst.exists() and list(tmp_path.iterdir()) == []
+    mask = os.umask(0o022)
+    try:
+        with staged_dir(dst) as tmp:
+            (tmp / "model.safetensors").write_text("v1")
+    finally:
+        os.umask(mask)
+    assert (dst / "model.safetensors").read_text() == "v1" and mode(dst) == 0o755  # not mkdtemp's 0700
+    with pytest.raises(LpError, match="exists"), staged_dir(dst) as tmp:
+        (tmp / "model.safetensors").write_text("v2")
+    with staged_dir(dst, keep_existing=True) as tmp:  # a cache another builder filled first
+        (tmp / "model.safetensors").write_text("v2")
+    assert (dst / "model.safetensors").read_text() == "v1"
+    with staged_dir(dst, replace=True) as tmp:
+        (tmp / "model.safetensors").write_text("v3")
+    assert (dst / "model.safetensors").read_text() == "v3" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "export"
+    ]
