@@ -4,7 +4,6 @@ and bad input. CPU, no network."""
 
 import csv
 import json
-import sys
 from fractions import Fraction
 
 import pytest
@@ -18,7 +17,7 @@ from lp.eval import Suite, bench_deltas, evaluate_lm
 from lp.eval.data import general_documents, humaneval_dataset
 from lp.eval.scorers import final_number, humaneval_pass_at_1, math_exact_match
 from lp.eval.suite import evaluation_mode
-from tests.conftest import ROOT, run_lp, tiny_llama
+from tests.conftest import ROOT, hydra_cli, run_lp, tiny_llama
 
 OFFLINE_TASKS = {"lp_cloze", "lp_continuation", "lp_math", "lp_humaneval"}
 
@@ -287,14 +286,8 @@ def test_callback_forgetting_matches_lp_eval_on_the_same_checkpoints(lp_cache, t
 
 def lp_eval_main(args, tmp_path, monkeypatch, capfd):
     """``python -m lp.eval args`` in this process: exit status and stderr."""
-    from lp.eval.cli import main
-
-    monkeypatch.setattr(
-        sys, "argv", ["lp.eval", *args, f"hydra.run.dir={tmp_path}/run", f"out={tmp_path}/out"]
-    )
-    with pytest.raises(SystemExit) as e:
-        main()
-    return e.value.code, capfd.readouterr().err
+    code = hydra_cli("lp.eval", [*args, f"hydra.run.dir={tmp_path}/run", f"out={tmp_path}/out"], monkeypatch)
+    return code, capfd.readouterr().err
 
 
 def assert_one_error_line(status, err, tmp_path, *words):
