@@ -27,11 +27,11 @@ def unwrap(e: BaseException) -> LpError | None:
     """The ``LpError`` behind ``e``: itself, or one that Hydra's ``instantiate`` (or
     anything else) wrapped as the cause or context; None when there is none."""
     seen = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, LpError):
+    while e is not None and id(e) not in seen:  # explicit causes only: an error raised while
+        if isinstance(e, LpError):  # handling an LpError is a new problem, not that one
             return e
         seen.add(id(e))
-        e = e.__cause__ or e.__context__
+        e = e.__cause__
     return None
 
 
@@ -43,12 +43,14 @@ def refusal(e: BaseException) -> LpError | None:
     found = unwrap(e)
     if found is not None:
         return found
-    from hydra.errors import HydraException
+    from hydra.errors import ConfigCompositionException, OverrideParseException
     from omegaconf.errors import MissingMandatoryValue
 
     if isinstance(e, MissingMandatoryValue):
         return LpError(str(e).strip().splitlines()[0])
-    if isinstance(e, HydraException):
+    # what Hydra could not compose; not InstantiationException, which wraps whatever a
+    # constructor raised (an LpError inside it is found above, anything else is a bug)
+    if isinstance(e, (ConfigCompositionException, OverrideParseException)):
         lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
         text = lines[0].rstrip(".") if lines else type(e).__name__
         cause = e.__cause__

@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from lp.checkpoints import check_checkpoint, is_causal_lm
 from lp.errors import LpError
+from lp.settings import plain
 
 
 def attn_implementation(requested: str = "auto") -> str:
@@ -57,7 +58,7 @@ def resolve_base(model: Mapping, data: Mapping) -> str:
         raise LpError("model.name_or_path is empty and the model config has no tiny section to build from")
     from lp.tiny import tiny_base
 
-    return str(tiny_base(_plain(model["tiny"]), _plain(data["general"]), float(data["eval_fraction"])))
+    return str(tiny_base(plain(model["tiny"]), plain(data["general"]), float(data["eval_fraction"])))
 
 
 def gguf_source(model: Mapping) -> Path | None:
@@ -92,13 +93,3 @@ def declared_layers(model: Mapping) -> int | None:
     if config.is_file():
         return json.loads(config.read_text()).get("num_hidden_layers")
     return None
-
-
-def _plain(cfg) -> dict:
-    """A plain dict from a config node (OmegaConf or already plain), interpolations resolved."""
-    try:
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    except ImportError:
-        return dict(cfg)

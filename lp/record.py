@@ -48,6 +48,10 @@ def mark_failed(run_dir: Path, overrides: list[str], reason: str) -> None:
     write_atomic(Path(run_dir) / FAILED, json.dumps({"overrides": overrides, "reason": reason}, indent=2))
 
 
+def clear_failure(run_dir: Path) -> None:
+    (Path(run_dir) / FAILED).unlink(missing_ok=True)
+
+
 def read_failure(run_dir: Path) -> str | None:
     """The reason a run failed, if it left a marker."""
     f = Path(run_dir) / FAILED

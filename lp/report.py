@@ -114,21 +114,19 @@ def collect(sweep: Path) -> tuple[list[Run], list[tuple[str, str]]]:
     return runs, skipped
 
 
-COLUMNS = ["method", "blocks", "position", "source", "init", "trainable params"]
+# one column per recorded setting (lp.record.SETTINGS), named by its last part
+COLUMNS = {key: "method" if key == "method.name" else key.rsplit(".", 1)[-1] for key in SETTINGS}
 
 
 def table(runs: list[Run]) -> tuple[list[str], list[list]]:
     domains = sorted({d for r in runs for d in r.domains})
     bench = _bench_columns(runs)
-    header = ["run", *COLUMNS, *(f"val/{d}/loss" for d in domains), "domain gain", "forgetting/general",
-              *bench, "tokens/s"]  # fmt: skip
+    header = ["run", *COLUMNS.values(), "trainable params", *(f"val/{d}/loss" for d in domains),
+              "domain gain", "forgetting/general", *bench, "tokens/s"]  # fmt: skip
     rows = []
     for r in sorted(runs, key=lambda r: (-_num(r.gain()), r.name)):
-        s = r.settings
-        blocks = s.get("expansion.blocks")
         rows.append([
-            r.name, s.get("method.name", ""), int(blocks) if isinstance(blocks, float) else blocks,
-            s.get("expansion.position", ""), s.get("expansion.source", ""), s.get("expansion.init", ""),
+            r.name, *(_setting(r.settings.get(k, "")) for k in COLUMNS),
             int(r.final.get("perf/trainable_params", 0)),
             *(r.final.get(f"val/{d}/loss", math.nan) for d in domains),
             r.gain(), r.final.get("forgetting/general", math.nan),
@@ -143,6 +141,11 @@ def _bench_columns(runs: list[Run]) -> list[str]:
     tags = {t for r in runs for t in r.final}
     averages = sorted(t for t in tags if t.startswith("bench/") and t.endswith("/average"))
     return [*averages, *sorted(t for t in tags if t.startswith(("forgetting/bench/", "gain/bench/")))]
+
+
+def _setting(value):
+    """HPARAMS stores numbers as floats: whole ones (blocks, seed) read back as integers."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _num(x) -> float:

@@ -20,15 +20,18 @@ from lp.errors import LpError
 Check = Callable[[Any], str | None]  # None: fine; else what is allowed
 
 
-def integer(lo: int | None = None, hi: int | None = None) -> Check:
+def integer(lo: int | None = None, hi: int | None = None, optional: bool = False) -> Check:
     def check(v):
+        if v is None and optional:
+            return None
         if (
             isinstance(v, bool)
             or not isinstance(v, int)
             or (lo is not None and v < lo)
             or (hi is not None and v > hi)
         ):
-            return "an integer" + _range(lo, hi, ">=", "<=")
+            text = "an integer" + _range(lo, hi, ">=", "<=")
+            return f"{text}, or null" if optional else text
         return None
 
     return check
@@ -82,6 +85,11 @@ def devices(v) -> str | None:
     return "a positive integer, -1 (all), auto, or a list of device indices"
 
 
+def device(v) -> str | None:
+    ok = v in ("auto", "cpu", "cuda") or (isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit())
+    return None if ok else "auto, cpu, cuda or cuda:N"
+
+
 def _range(lo, hi, lo_op: str, hi_op: str) -> str:
     parts = [f"{lo_op} {lo}" if lo is not None else "", f"{hi_op} {hi}" if hi is not None else ""]
     return (" " + " and ".join(p for p in parts if p)) if any(parts) else ""
@@ -131,6 +139,19 @@ def rules() -> dict[str, Check]:
         "callbacks.throughput.window": integer(1),
         "callbacks.throughput.peak_tflops": number(0, open_lo=True, optional=True),
         "callbacks.checkpoint.enabled": boolean,
+        "callbacks.benchmark.enabled": boolean,
+        "callbacks.benchmark.every_n_steps": integer(1, optional=True),
+        "eval.limit": integer(1, optional=True),
+        "eval.batch_size": integer(1),
+        "eval.seed": integer(0),
+        "eval.bootstrap_iters": integer(0),
+        "eval.allow_code_execution": boolean,
+        "eval.code_timeout_s": number(0, open_lo=True),
+        "eval.code_memory_mb": integer(1),
+        "device": device,  # python -m lp.eval
+        "logger.default_hp_metric": boolean,
+        "trainer.inference_mode": boolean,
+        "trainer.enable_model_summary": boolean,
         **{f"speed.{k}": choice(*allowed) for k, allowed in CHOICES.items()},
         "trainer.max_steps": integer(1),
         "trainer.val_check_interval": integer(1),
@@ -186,6 +207,13 @@ def validate(cfg: Mapping) -> None:
 
 
 _ABSENT = object()
+
+
+def plain(cfg) -> dict:
+    """A plain dict from a config node (OmegaConf or already plain), interpolations resolved."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
 
 
 def _show_value(v) -> str:

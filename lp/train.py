@@ -26,7 +26,7 @@ from lp.export import export_checkpoint
 from lp.methods import get_method, prepare
 from lp.models import declared_layers, load_model, load_tokenizer, resolve_base
 from lp.module import CausalLMModule
-from lp.record import METRIC_FAMILIES, SETTINGS, mark_failed, write_hparams
+from lp.record import METRIC_FAMILIES, SETTINGS, clear_failure, mark_failed, write_hparams
 from lp.settings import validate
 from lp.speed import SpeedUp
 
@@ -35,6 +35,7 @@ from lp.speed import SpeedUp
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    clear_failure(run_dir)  # a rerun into the same directory: an old marker no longer applies
     try:
         run(cfg, run_dir)
     except Exception as e:
@@ -90,9 +91,10 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     )
     trainer.validate(module, datamodule=data, verbose=False)  # the pre-training baseline, at step 0
     trainer.fit(module, datamodule=data)
+    final = _final_metrics(trainer)
     if trainer.global_step % int(cfg.trainer.val_check_interval) != 0:
         trainer.validate(module, datamodule=data, verbose=False)
-    final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(METRIC_FAMILIES)}
+        final |= _final_metrics(trainer)  # validate() clears what fit logged (benchmarks): keep both
     write_hparams(logger.log_dir, _hparams(cfg, plan), sorted(final))
     out = None
     if cfg.export and trainer.is_global_zero:
@@ -111,6 +113,10 @@ def _plan_args(cfg: DictConfig) -> dict:
     if layers is not None:
         make_plan(layers, **args)
     return args
+
+
+def _final_metrics(trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(METRIC_FAMILIES)}
 
 
 def _precision(value: str) -> str:

@@ -13,15 +13,17 @@ def mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_write_atomic_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
     target = tmp_path / "report.md"
     write_atomic(target, "old")
-    mask = os.umask(0o022)
-    try:
-        write_atomic(target, "new")
-        assert target.read_text() == "new" and mode(target) == 0o644  # not mkstemp's 0600
-    finally:
-        os.umask(mask)
+    write_atomic(target, "new")
+    assert target.read_text() == "new" and mode(target) == 0o666 & ~umask()  # not mkstemp's 0600
 
     def crash(*args):
         raise OSError("killed before the rename")
@@ -39,13 +41,9 @@ def test_staged_dir_publishes_only_complete_directories(tmp_path):
         (tmp / "model.safetensors").write_text("partial")
         raise RuntimeError("interrupted")
     assert not dst.exists() and list(tmp_path.iterdir()) == []
-    mask = os.umask(0o022)
-    try:
-        with staged_dir(dst) as tmp:
-            (tmp / "model.safetensors").write_text("v1")
-    finally:
-        os.umask(mask)
-    assert (dst / "model.safetensors").read_text() == "v1" and mode(dst) == 0o755  # not mkdtemp's 0700
+    with staged_dir(dst) as tmp:
+        (tmp / "model.safetensors").write_text("v1")
+    assert (dst / "model.safetensors").read_text() == "v1" and mode(dst) == 0o777 & ~umask()  # not 0700
     with pytest.raises(LpError, match="exists"), staged_dir(dst) as tmp:
         (tmp / "model.safetensors").write_text("v2")
     with staged_dir(dst, keep_existing=True) as tmp:  # a cache another builder filled first

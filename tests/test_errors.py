@@ -54,6 +54,8 @@ TRAIN = [
     (["model.dtype=float8"], "model.dtype='float8'"),
     (["model.attn=flash"], "model.attn='flash'"),
     (["seed=-1"], "seed=-1"),
+    (["callbacks.benchmark.enabled=1"], "callbacks.benchmark.enabled=1"),
+    (["eval.code_timeout_s=0"], "eval.code_timeout_s=0"),
     (["method=lora", "method.r=0"], "method.r=0"),
     (["expansion.blocks=-1"], "expansion.blocks=-1"),
     (["expansion.blocks=2.5"], "not an integer"),
@@ -98,6 +100,19 @@ def test_lp_data_refuses_bad_input_in_one_line(overrides, message, tmp_path, mon
     code = hydra_cli("lp.data", [*overrides, f"inspect.json={out}"], monkeypatch)
     check_one_line(code, capsys.readouterr().err, message)
     assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [(["device=foo"], "device='foo'"), (["model.dtype=float8"], "model.dtype='float8'")],
+)
+def test_lp_eval_refuses_bad_input_in_one_line(overrides, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LP_CACHE", str(tmp_path / "cache"))
+    code = hydra_cli(
+        "lp.eval", [*overrides, f"hydra.run.dir={tmp_path}/run", f"out={tmp_path}/out"], monkeypatch
+    )
+    check_one_line(code, capsys.readouterr().err, message)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
 def expand_src(tmp):

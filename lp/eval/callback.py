@@ -27,7 +27,7 @@ import torch
 
 from lp.atomic import write_atomic
 from lp.errors import LpError
-from lp.eval.suite import Suite, SuiteResult, bench_deltas, load_tasks, run_suite, task_manager
+from lp.eval.suite import Suite, SuiteResult, bench_deltas, load_tasks, run_suite
 
 
 class BenchmarkCallback(L.Callback):
@@ -42,7 +42,9 @@ class BenchmarkCallback(L.Callback):
         if every_n_steps is not None and (isinstance(every_n_steps, bool) or int(every_n_steps) < 1):
             raise LpError(f"callbacks.benchmark.every_n_steps={every_n_steps!r} must be at least 1, or null")
         self.every = int(every_n_steps) if every_n_steps else None
-        task_manager(self.suite)  # unknown task names fail now, before the model loads
+        # unknown tasks, missing data and code execution while it is off fail now, before the
+        # model loads; the tasks are loaded afresh for each evaluation (the harness keeps state)
+        load_tasks(self.suite)
         self.tokenizer, self.out_dir = tokenizer, Path(out_dir) if out_dir else None
         self.baseline: dict[str, float] | None = None  # group averages at step 0
         self.history: list[tuple[int, SuiteResult]] = []

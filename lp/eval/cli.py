@@ -19,6 +19,7 @@ from lp.atomic import write_atomic
 from lp.checkpoints import check_checkpoint
 from lp.errors import exit_on_refusal
 from lp.eval.suite import Suite, SuiteResult, load_tasks, run_suite
+from lp.settings import validate
 
 EVAL_FILE = "eval.json"
 # a file path: run as ``-m lp.eval`` the decorated function sits in a package module, and Hydra
@@ -38,6 +39,7 @@ def main(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig, run_dir: Path) -> tuple[SuiteResult, Path]:
     """Evaluate ``cfg.model`` on ``cfg.eval``; returns the results and the eval.json written."""
+    validate(cfg)
     suite = Suite.from_cfg(cfg.eval)
     if cfg.model.name_or_path and not cfg.model.get("gguf_file"):  # a GGUF file is checked as one
         check_checkpoint(str(cfg.model.name_or_path))

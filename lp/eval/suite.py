@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lp.errors import LpError, unwrap
+from lp.settings import plain
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 GROUP_SEP = "/"
@@ -54,7 +55,7 @@ class Suite:
 
     @classmethod
     def from_cfg(cls, cfg: Mapping) -> Suite:
-        cfg = _plain(cfg)
+        cfg = plain(cfg)
         limit = cfg.get("limit")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise LpError(
@@ -99,17 +100,6 @@ def _task_spec(group: str, name: str, settings) -> TaskSpec:
     if gen is not None and (isinstance(gen, bool) or not isinstance(gen, int) or gen < 1):
         raise LpError(f"{where}.max_gen_toks={gen!r} must be a whole number, at least 1")
     return TaskSpec(str(group), str(name), shots, settings.get("metric"), gen)
-
-
-def _plain(cfg) -> dict:
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(cfg):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(cfg)
 
 
 # ---- results --------------------------------------------------------------------------------
