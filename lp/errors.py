@@ -16,10 +16,15 @@ class LpError(Exception):
 EXIT_BAD_INPUT = 2
 
 
+def first_line(e: BaseException) -> str:
+    """What an exception says, in one line: its message's first line, else its type's name."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 def print_error(e: BaseException) -> int:
     """Print ``error: <first line of e>`` on stderr; returns the exit status for bad input."""
-    lines = str(e).strip().splitlines() or [type(e).__name__]
-    print(f"error: {lines[0]}", file=sys.stderr)
+    print(f"error: {first_line(e)}", file=sys.stderr)
     return EXIT_BAD_INPUT
 
 
@@ -47,7 +52,7 @@ def refusal(e: BaseException) -> LpError | None:
     from omegaconf.errors import MissingMandatoryValue
 
     if isinstance(e, MissingMandatoryValue):
-        return LpError(str(e).strip().splitlines()[0])
+        return LpError(first_line(e))
     # what Hydra could not compose; not InstantiationException, which wraps whatever a
     # constructor raised (an LpError inside it is found above, anything else is a bug)
     if isinstance(e, (ConfigCompositionException, OverrideParseException)):
@@ -55,7 +60,7 @@ def refusal(e: BaseException) -> LpError | None:
         text = lines[0].rstrip(".") if lines else type(e).__name__
         cause = e.__cause__
         if cause is not None and str(cause).strip():
-            text += f": {str(cause).strip().splitlines()[0]}"
+            text += f": {first_line(cause)}"
         hint = next((line for line in lines if line.startswith("To append")), None)
         return LpError(f"{text} ({hint[0].lower()}{hint[1:]})" if hint else text)
     return None

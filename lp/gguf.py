@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lp.atomic import staged_dir
-from lp.errors import LpError
+from lp.errors import LpError, first_line
 from lp.expansion.arch import ARCHS
 
 MAGIC = b"GGUF"
@@ -86,7 +86,7 @@ def _hub_file(repo: str, filename: str, label: str) -> Path:
 
         return Path(hf_hub_download(repo, filename))
     except Exception as e:  # offline, unknown repo or file: transformers' own message, on one line
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise LpError(f"{label}: cannot fetch it from {repo!r} ({first})") from None
 
 

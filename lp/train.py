@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lp.callbacks import FreezeCallback, IdentityCheck, Throughput
 from lp.checkpoints import check_checkpoint, read_expansion
-from lp.errors import print_error, refusal, run_cli
+from lp.errors import first_line, print_error, refusal, run_cli
 from lp.expansion import expand_model, make_plan
 from lp.export import export_checkpoint
 from lp.methods import get_method, prepare
@@ -47,8 +47,8 @@ def main(cfg: DictConfig) -> None:
             sys.exit(2)
         # in a sweep the other runs go on; lp.report lists this one as skipped, with the
         # reason, and the multirun exits non-zero once all its runs are done
-        why = str(refused) if refused is not None else f"crashed: {type(e).__name__}: {e}"
-        mark_failed(run_dir, list(hydra_cfg.overrides.task), why.strip().splitlines()[0])
+        why = first_line(refused) if refused is not None else f"crashed: {type(e).__name__}: {first_line(e)}"
+        mark_failed(run_dir, list(hydra_cfg.overrides.task), why)
         raise
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lp.data.mathgen import math_problems
-from lp.errors import LpError
+from lp.errors import LpError, first_line
 
 Documents = Callable[[int, int], Iterator[str]]  # (seed, start) -> endless stream
 
@@ -214,7 +214,7 @@ def _hf_stream(name: str, cfg: dict, text_field: str, load_args: dict) -> Docume
     except LpError:
         raise
     except Exception as e:  # network, missing config, unreadable file: one line, named
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise LpError(f"data source {name!r}: cannot read {load_args.get('path')}: {reason}") from None
     finally:
         quiet.setLevel(level)

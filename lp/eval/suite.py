@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lp.errors import LpError, unwrap
+from lp.errors import LpError, first_line, unwrap
 from lp.settings import plain
 
 TASKS_DIR = Path(__file__).parent / "tasks"
@@ -244,7 +244,7 @@ def _load_one(manager, spec: TaskSpec) -> dict:
         inner = unwrap(e)
         if inner is not None:
             raise inner from None
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = first_line(e)
         raise LpError(
             f"eval task {spec.name!r}: its data cannot be loaded ({reason}); eval=paper needs network or "
             "the datasets in the Hugging Face cache, eval=offline runs without"
