@@ -32,7 +32,7 @@ class Run:
 
     @property
     def domains(self) -> list[str]:
-        return sorted(t.split("/")[1] for t in self.final if t.startswith("val/") and t.endswith("/loss"))
+        return sorted(t.split("/")[1] for t in self.final if _is_loss(t))
 
     def gain(self) -> float:
         """Mean drop of the new-domain losses (every domain but general) from step 0."""
@@ -62,7 +62,8 @@ def read_run(log_dir: Path, name: str) -> tuple[Run | None, str]:
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     acc.Reload()
     tags = set(acc.Tags().get("scalars", []))
-    curves = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags if t.startswith("val/")}
+    # the losses themselves, not their standard errors (val/<domain>/loss_se)
+    curves = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags if _is_loss(t)}
     if not curves:
         return None, "no evaluation logged yet"
     if max(len(c) for c in curves.values()) < 2:
@@ -81,6 +82,10 @@ def read_run(log_dir: Path, name: str) -> tuple[Run | None, str]:
         for k, v in info.hparams.items():
             settings[k] = v.number_value if v.HasField("number_value") else v.string_value
     return Run(name, settings, final, curves), ""
+
+
+def _is_loss(tag: str) -> bool:
+    return tag.startswith("val/") and tag.endswith("/loss")
 
 
 def _hydra_settings(log_dir: Path) -> dict:
