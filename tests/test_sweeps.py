@@ -52,6 +52,26 @@ def test_experiment_survives_a_shrunk_sweep(experiment, lp_cache, tmp_path):
         ]
         train_loss = {r.name: scalars(r, "train/loss") for r in runs}
         assert len(set(map(tuple, train_loss.values()))) == len(runs)
+        seeds_pool_by_configuration(out, tmp_path / "rep")
+
+
+def seeds_pool_by_configuration(out, rep):
+    """lp.report on a real 3 x 3 sweep: one row per configuration, each the mean of its seeds' runs."""
+    assert report_main([str(out), "--out", str(rep)]) == 0
+    runs = list(csv.DictReader((rep / "report.csv").open()))
+    pooled = list(csv.DictReader((rep / "by_config.csv").open()))
+    assert len(pooled) == 3 and all(
+        r["seeds"] == "0,1,2" and r["forgetting/general n"] == "3" for r in pooled
+    )
+    for row in pooled:
+        lr, method = row["configuration"].split("optim.lr=")[1].split(",")[0], row["configuration"]
+        mine = [r for r in runs if float(r["lr"]) == float(lr) and r["method"] in method]
+        assert len(mine) == 3, row["configuration"]
+        mean = sum(float(r["forgetting/general"]) for r in mine) / 3
+        assert float(row["forgetting/general mean"]) == pytest.approx(mean, abs=1e-6)
+    curves = list(csv.DictReader((rep / "curves_by_config.csv").open()))
+    assert {r["tokens"] for r in curves} == {"0", str(4 * 4 * 64)}  # smoke: 4 steps of 4 rows x 64 tokens
+    assert (rep / "forgetting_vs_tokens.png").stat().st_size < 300_000
 
 
 def test_report_on_a_real_two_run_sweep_and_a_partial_one(lp_cache, tmp_path, capsys):
