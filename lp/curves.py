@@ -33,23 +33,38 @@ def tokens_per_step(config: dict[str, str]) -> int | None:
     return per
 
 
+def trained_steps(config: dict[str, str], evaluations: int) -> list[int] | None:
+    """Steps trained at each of a run's evaluations, from lp.train's schedule: step 0,
+    every ``trainer.val_check_interval`` steps, and the last step. TensorBoard's step
+    cannot be used as is: Lightning logs an evaluation inside ``fit`` at the count of
+    batches before the last one (after 6 steps, at 5) but the one before ``fit`` at 0.
+    None when the run's evaluations do not follow the schedule (e.g. a resumed run)."""
+    try:
+        every, last = int(config["trainer.val_check_interval"]), int(config["trainer.max_steps"])
+    except (KeyError, ValueError):
+        return None
+    steps = list(range(0, last + 1, every))
+    steps += [last] if steps[-1] != last else []
+    return steps if len(steps) == evaluations else None
+
+
 def points(run) -> list[dict]:
-    """One row per evaluation of ``run`` (a ``lp.report`` Run): step, tokens, gain,
-    forgetting. Evaluations are matched by step across domains."""
-    general = dict(run.curves.get("val/general/loss", []))
-    domains = [c for t, c in sorted(run.curves.items()) if "/general/" not in t]
-    per = tokens_per_step(run.config)
+    """One row per evaluation of ``run`` (a ``lp.report`` Run): steps trained, tokens,
+    gain, forgetting. Domains are matched by evaluation, in order."""
+    general = [v for _, v in run.curves.get("val/general/loss", [])]
+    domains = [[v for _, v in c] for t, c in sorted(run.curves.items()) if "/general/" not in t]
     if not general or not domains:
         return []
-    g0 = general[min(general)]
+    steps = trained_steps(run.config, len(general)) or [s for s, _ in run.curves["val/general/loss"]]
+    per = tokens_per_step(run.config)
     out = []
-    for step in sorted(general):
-        drops = [c[0][1] - dict(c)[step] for c in domains if step in dict(c)]
+    for i, step in enumerate(steps):
+        drops = [c[0] - c[i] for c in domains if i < len(c)]
         out.append({
             "step": step,
             "tokens": step * per if per is not None else math.nan,
             "gain": sum(drops) / len(drops) if drops else math.nan,
-            "forgetting": general[step] - g0,
+            "forgetting": general[i] - general[0],
         })  # fmt: skip
     return out
 

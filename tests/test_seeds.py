@@ -6,22 +6,24 @@ import statistics
 
 import pytest
 
-from lp.curves import points, pooled, tokens_per_step, write_curves
+from lp.curves import points, pooled, tokens_per_step, trained_steps, write_curves
 from lp.report import Run, pooled_metrics
 from lp.seeds import flatten, group, write_by_config
 
 CONFIG = flatten({
     "seed": 0, "data": {"seq_len": 128, "batch_size": 2, "seed": 0, "train_seed": "${seed}"},
-    "trainer": {"accumulate_grad_batches": 1, "devices": 1}, "optim": {"lr": 2e-4},
+    "trainer": {"accumulate_grad_batches": 1, "devices": 1, "max_steps": 16, "val_check_interval": 8},
+    "optim": {"lr": 2e-4},
     "method": {"name": "block_expansion"}, "logger": {"save_dir": "${hydra:runtime.output_dir}"},
 })  # fmt: skip
 
 
 def run(name, seed, general, code, **config):
-    """A run as lp.report reads it: curves (step, value) per validation loss, finals, config."""
+    """A run as lp.report reads it: curves (step, value) per validation loss, finals, config;
+    the steps as Lightning logs them (an evaluation inside fit at one less than trained)."""
     curves = {
-        "val/general/loss": list(zip((0, 8, 16), general, strict=True)),
-        "val/code/loss": list(zip((0, 8, 16), code, strict=True)),
+        "val/general/loss": list(zip((0, 7, 15), general, strict=True)),
+        "val/code/loss": list(zip((0, 7, 15), code, strict=True)),
     }
     final = {t: c[-1][1] for t, c in curves.items()} | {"forgetting/general": general[-1] - general[0]}
     return Run(name, {}, final, curves, CONFIG | {"seed": str(seed)} | config)
@@ -71,8 +73,15 @@ def test_tokens_count_rows_length_accumulation_and_devices():
     assert tokens_per_step({}) is None
 
 
+def test_trained_steps_follow_the_evaluation_schedule():
+    assert trained_steps(CONFIG, 3) == [0, 8, 16]
+    assert trained_steps(CONFIG | {"trainer.max_steps": "20"}, 4) == [0, 8, 16, 20]  # and the last step
+    assert trained_steps(CONFIG, 5) is None  # not lp.train's schedule: TensorBoard's steps are used
+
+
 def test_curves_at_matched_tokens_with_seed_spread(tmp_path):
     got = points(RUNS[0])
+    assert [p["step"] for p in got] == [0, 8, 16]
     assert [p["tokens"] for p in got] == [0, 8 * 256, 16 * 256]
     assert [p["gain"] for p in got] == pytest.approx([0.0, 0.5, 1.0])
     assert [p["forgetting"] for p in got] == pytest.approx([0.0, 0.1, 0.2])
