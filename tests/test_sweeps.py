@@ -10,7 +10,9 @@ from tests.conftest import ROOT, run_lp
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf/experiment").glob("*.yaml"))
 RUNS = {"ablation_blocks": 5, "ablation_position": 3, "ablation_init": 3, "ablation_source": 2,
-        "ablation_methods": 5, "table5": 10, "forgetting_real_base": 9}  # fmt: skip
+        "ablation_methods": 5, "table5": 10, "forgetting_real_base": 6}  # fmt: skip
+# fewer runs where the whole grid would only repeat what a part shows (3 x 3 -> 3 x 2 seeds)
+SHRINK = {"forgetting_real_base": ["seed=0,1"]}
 NO_EXPORT = {"forgetting_real_base"}  # export=false: the experiment compares metrics, not weights
 
 
@@ -38,7 +40,7 @@ def test_every_experiment_is_listed():
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_survives_a_shrunk_sweep(experiment, lp_cache, tmp_path):
-    out = sweep(experiment, lp_cache, tmp_path)
+    out = sweep(experiment, lp_cache, tmp_path, *SHRINK.get(experiment, []))
     runs = sorted(p for p in out.iterdir() if p.is_dir())
     assert len(runs) == RUNS[experiment]
     for run in runs:
@@ -56,18 +58,16 @@ def test_experiment_survives_a_shrunk_sweep(experiment, lp_cache, tmp_path):
 
 
 def seeds_pool_by_configuration(out, rep):
-    """lp.report on a real 3 x 3 sweep: one row per configuration, each the mean of its seeds' runs."""
+    """lp.report on a real 3 x 2 sweep: one row per configuration, each the mean of its seeds' runs."""
     assert report_main([str(out), "--out", str(rep)]) == 0
     runs = list(csv.DictReader((rep / "report.csv").open()))
     pooled = list(csv.DictReader((rep / "by_config.csv").open()))
-    assert len(pooled) == 3 and all(
-        r["seeds"] == "0,1,2" and r["forgetting/general n"] == "3" for r in pooled
-    )
+    assert len(pooled) == 3 and all(r["seeds"] == "0,1" and r["forgetting/general n"] == "2" for r in pooled)
     for row in pooled:
         lr, method = row["configuration"].split("optim.lr=")[1].split(",")[0], row["configuration"]
         mine = [r for r in runs if float(r["lr"]) == float(lr) and r["method"] in method]
-        assert len(mine) == 3, row["configuration"]
-        mean = sum(float(r["forgetting/general"]) for r in mine) / 3
+        assert len(mine) == 2, row["configuration"]
+        mean = sum(float(r["forgetting/general"]) for r in mine) / 2
         assert float(row["forgetting/general mean"]) == pytest.approx(mean, abs=1e-6)
     curves = list(csv.DictReader((rep / "curves_by_config.csv").open()))
     assert {r["tokens"] for r in curves} == {"0", str(4 * 4 * 64)}  # smoke: 4 steps of 4 rows x 64 tokens
