@@ -3,9 +3,9 @@
 Reads every run's TensorBoard event files under SWEEP_DIR (tensorboard's own
 event reader; nothing is re-run) and writes ``report.md``, ``report.csv``,
 ``gain_vs_forgetting.png`` and ``val_curves.png``; seeds pooled per configuration
-(``lp.seeds``: ``by_config.md``, ``by_config.csv``) and gain and forgetting against
-training tokens (``lp.curves``: ``curves.csv``, ``curves_by_config.csv``,
-``forgetting_vs_tokens.png``). Works on a partial or
+(``lp.seeds``: ``by_config.md``, ``by_config.csv``; ``paired.md``, ``paired.csv``) and
+gain and forgetting against training tokens (``lp.curves``: ``curves.csv``,
+``curves_by_config.csv``, ``forgetting_vs_tokens.png``). Works on a partial or
 still-running sweep: runs without an evaluation after training are listed as
 skipped, with the reason.
 """
@@ -25,7 +25,7 @@ from lp.curves import write_curves
 from lp.errors import LpError, print_error
 from lp.expansion.checkpoint import natural_key
 from lp.record import FAILED, METRIC_FAMILIES, SETTINGS, read_failure
-from lp.seeds import config_file, group, run_config, write_by_config
+from lp.seeds import config_file, group, run_config, write_by_config, write_paired
 
 
 @dataclass
@@ -285,6 +285,7 @@ def report(sweep: Path, out: Path, axes: str = "loss") -> tuple[list[Run], list[
     figures(runs, out, axes)
     groups = group(runs)
     write_by_config(groups, pooled_metrics(runs), out)
+    write_paired(groups, pooled_metrics(runs), out)
     write_curves(groups, out)
     return runs, skipped
 

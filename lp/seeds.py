@@ -1,6 +1,7 @@
 """Seeds pooled: the runs of a sweep grouped by configuration, every metric as
 mean ± std (n) over the seeds of that configuration (``lp.report``'s
-``by_config.md`` and ``by_config.csv``).
+``by_config.md`` and ``by_config.csv``), and every configuration against the first,
+seed by seed (``paired.md``, ``paired.csv``).
 
 A configuration is the run's whole composed Hydra config (``.hydra/config.yaml``,
 interpolations left as written) less the keys a seed sets and the keys that only
@@ -114,7 +115,49 @@ def write_by_config(groups: dict[str, list], metrics: dict, out: Path) -> None:
     write_atomic(out / "by_config.csv", buf.getvalue())
 
 
-def _cell(mean: float, std: float, n: int) -> str:
+def _cell(mean: float, std: float, n: int, signed: bool = False) -> str:
     if n == 0:
         return "-"
-    return f"{mean:.4f} (n=1)" if n == 1 else f"{mean:.4f} ± {std:.4f} ({n})"
+    m = f"{mean:+.4f}" if signed else f"{mean:.4f}"
+    return f"{m} (n=1)" if n == 1 else f"{m} ± {std:.4f} ({n})"
+
+
+def paired_table(groups: dict[str, list], metrics: dict) -> tuple[list[str], list[list]]:
+    """Every configuration minus the first one (the sweep's first), seed by seed: runs
+    with the same seed read the same training rows and are scored on the same eval rows,
+    so what the seed shares cancels in the difference. One row per configuration with
+    (mean, std, n) of the per-seed differences; seeds missing on either side are left out."""
+    names = list(groups)
+    header = ["configuration", "minus", "seeds", *metrics]
+    if len(names) < 2:
+        return header, []
+    reference = {r.config.get("seed"): r for r in groups[names[0]]}
+    rows = []
+    for name in names[1:]:
+        pairs = [
+            (r, reference[r.config.get("seed")]) for r in groups[name] if r.config.get("seed") in reference
+        ]
+        seeds = ",".join(sorted({r.config.get("seed", "?") for r, _ in pairs}, key=_seed_key))
+        diffs = [spread([f(a) - f(b) for a, b in pairs]) for f in metrics.values()]
+        rows.append([name, names[0], seeds, *diffs])
+    return header, rows
+
+
+def write_paired(groups: dict[str, list], metrics: dict, out: Path) -> None:
+    header, rows = paired_table(groups, metrics)
+    if not rows:
+        return
+    md = ["# Paired by seed", "",
+          f"Each configuration minus **{rows[0][1]}**, seed by seed (same training rows, same eval "
+          "rows): mean ± sample standard deviation of the differences (n: seeds in both).", "",
+          "| " + " | ".join(h for h in header if h != "minus") + " |",
+          "|" + "---|" * (len(header) - 1)]  # fmt: skip
+    for r in rows:
+        md.append("| " + " | ".join([r[0], r[2], *(_cell(*s, signed=True) for s in r[3:])]) + " |")
+    write_atomic(out / "paired.md", "\n".join(md) + "\n")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([*header[:3], *(f"{m} {part}" for m in header[3:] for part in ("mean", "std", "n"))])
+    for r in rows:
+        w.writerow([*r[:3], *(x for s in r[3:] for x in s)])
+    write_atomic(out / "paired.csv", buf.getvalue())

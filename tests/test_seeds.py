@@ -8,7 +8,7 @@ import pytest
 
 from lp.curves import points, pooled, tokens_per_step, trained_steps, write_curves
 from lp.report import Run, pooled_metrics
-from lp.seeds import flatten, group, write_by_config
+from lp.seeds import flatten, group, write_by_config, write_paired
 
 CONFIG = flatten({
     "seed": 0, "data": {"seq_len": 128, "batch_size": 2, "seed": 0, "train_seed": "${seed}"},
@@ -94,3 +94,20 @@ def test_curves_at_matched_tokens_with_seed_spread(tmp_path):
     assert len(list(csv.DictReader((tmp_path / "curves.csv").open()))) == 4 * 3
     assert len(list(csv.DictReader((tmp_path / "curves_by_config.csv").open()))) == 2 * 3
     assert (tmp_path / "forgetting_vs_tokens.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paired_by_seed_against_the_first_configuration(tmp_path):
+    runs = [*RUNS, run("b2", 2, (3.0, 3.0, 3.3), (2.0, 1.9, 1.5), **{"optim.lr": "2e-05"})]
+    write_paired(group(runs), pooled_metrics(runs), tmp_path)
+    (row,) = csv.DictReader((tmp_path / "paired.csv").open())
+    assert row["configuration"] == "optim.lr=2e-05" and row["minus"] == "optim.lr=0.0002"
+    assert row["seeds"] == "0,2"  # seed 1 has no partner
+    diffs = [-0.1 - 0.2, 0.3 - 0.4]  # b0 - a0, b2 - a2
+    assert float(row["forgetting/general mean"]) == pytest.approx(statistics.fmean(diffs), abs=1e-12)
+    assert float(row["forgetting/general std"]) == pytest.approx(statistics.stdev(diffs), abs=1e-12)
+    assert "-0.2000 ± 0.1414 (2)" in (tmp_path / "paired.md").read_text()
+
+
+def test_one_configuration_has_nothing_to_pair(tmp_path):
+    write_paired(group(RUNS[:3]), pooled_metrics(RUNS[:3]), tmp_path)
+    assert not (tmp_path / "paired.md").exists()
