@@ -191,13 +191,20 @@ def markdown(header: list[str], rows: list[list], skipped: list[tuple[str, str]]
     for r in rows:
         cells = []
         for j, v in enumerate(r):
-            text = f"{v:.4f}" if isinstance(v, float) and header[j] != "tokens/s" else (
-                f"{v:,.0f}" if isinstance(v, float) else str(v))  # fmt: skip
+            text = _text(v, header[j])
             cells.append(f"**{text}**" if j in best and v == best[j] else text)
         out.append("| " + " | ".join(cells) + " |")
     if skipped:
         out += ["", "Skipped:"] + [f"- {n}: {why}" for n, why in skipped]
     return "\n".join(out) + "\n"
+
+
+def _text(v, column: str) -> str:
+    if not isinstance(v, float):
+        return str(v)
+    if column == "tokens/s":
+        return f"{v:,.0f}"
+    return f"{v:.4f}" if _better(column) else f"{v:g}"  # a setting (lr 2e-05) keeps its digits
 
 
 AXES = {  # the gain-vs-forgetting figure: by validation losses or by benchmark scores
