@@ -17,13 +17,15 @@ from transformers import get_cosine_schedule_with_warmup
 
 from lp.expansion import ExpansionPlan
 from lp.methods import Method, export_weights, get_method
+from lp.stderr import RowStdErr, row_losses
 
 
 class CausalLMModule(L.LightningModule):
     """Wraps a Hugging Face causal LM (expanded or not) and the method that trains it
     (``method.trainable`` decides what the freeze callback leaves trainable).
 
-    Logs ``train/loss``, ``val/<domain>/loss`` for every eval domain and
+    Logs ``train/loss``, ``val/<domain>/loss`` for every eval domain, its standard
+    error ``val/<domain>/loss_se`` (eval rows as units, ``lp.stderr``) and
     ``forgetting/general``: the current general-domain loss minus the value at
     the first validation (run one before training, as ``lp.train`` does).
     """
@@ -49,6 +51,7 @@ class CausalLMModule(L.LightningModule):
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.warmup_ratio = warmup_ratio
         self.val_loss = torch.nn.ModuleDict({d: MeanMetric() for d in self.domains})
+        self.val_se = torch.nn.ModuleDict({d: RowStdErr() for d in self.domains})
         # saved in checkpoints so a resumed run keeps measuring against the same base
         self.register_buffer("baseline_general", torch.tensor(float("nan")))
 
@@ -70,20 +73,25 @@ class CausalLMModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         ids, labels = _inputs(batch)
-        loss = self(ids, labels).loss
+        out = self(ids, labels)
         predicted = (labels[:, 1:] != -100).sum()
-        self.val_loss[self.domains[dataloader_idx]].update(loss.float(), weight=predicted)
+        domain = self.domains[dataloader_idx]
+        self.val_loss[domain].update(out.loss.float(), weight=predicted)
+        self.val_se[domain].update(row_losses(out.logits, labels))
 
     def on_validation_epoch_end(self) -> None:
+        metrics = [*self.val_loss.values(), *self.val_se.values()]
         if self.trainer.sanity_checking:
-            for m in self.val_loss.values():
+            for m in metrics:
                 m.reset()
             return
         losses = {d: m.compute() for d, m in self.val_loss.items() if m.update_called}
-        for m in self.val_loss.values():
+        errors = {d: self.val_se[d].compute().float() for d in losses}
+        for m in metrics:
             m.reset()
         for d, v in losses.items():
             self.log(f"val/{d}/loss", v, add_dataloader_idx=False, sync_dist=False)
+            self.log(f"val/{d}/loss_se", errors[d], add_dataloader_idx=False, sync_dist=False)
         if "general" in losses:
             if torch.isnan(self.baseline_general):
                 self.baseline_general.fill_(losses["general"].item())

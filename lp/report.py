@@ -2,7 +2,10 @@
 
 Reads every run's TensorBoard event files under SWEEP_DIR (tensorboard's own
 event reader; nothing is re-run) and writes ``report.md``, ``report.csv``,
-``gain_vs_forgetting.png`` and ``val_curves.png``. Works on a partial or
+``gain_vs_forgetting.png`` and ``val_curves.png``; seeds pooled per configuration
+(``lp.seeds``: ``by_config.md``, ``by_config.csv``; ``paired.md``, ``paired.csv``) and
+gain and forgetting against training tokens (``lp.curves``: ``curves.csv``,
+``curves_by_config.csv``, ``forgetting_vs_tokens.png``). Works on a partial or
 still-running sweep: runs without an evaluation after training are listed as
 skipped, with the reason.
 """
@@ -18,9 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lp.atomic import write_atomic
+from lp.curves import write_curves
 from lp.errors import LpError, print_error
 from lp.expansion.checkpoint import natural_key
-from lp.record import FAILED, SETTINGS, read_failure
+from lp.record import FAILED, METRIC_FAMILIES, SETTINGS, read_failure
+from lp.seeds import config_file, group, run_config, write_by_config, write_paired
 
 
 @dataclass
@@ -29,10 +34,11 @@ class Run:
     settings: dict
     final: dict  # tag -> last value
     curves: dict = field(default_factory=dict)  # val/<domain>/loss -> [(step, value)]
+    config: dict = field(default_factory=dict)  # the composed Hydra config, flattened (lp.seeds)
 
     @property
     def domains(self) -> list[str]:
-        return sorted(t.split("/")[1] for t in self.final if t.startswith("val/") and t.endswith("/loss"))
+        return sorted(t.split("/")[1] for t in self.final if _is_loss(t))
 
     def gain(self) -> float:
         """Mean drop of the new-domain losses (every domain but general) from step 0."""
@@ -43,6 +49,12 @@ class Run:
         """Mean rise of the new-domain benchmark averages (``gain/bench/<group>``) from step 0."""
         gains = [v for t, v in self.final.items() if t.startswith("gain/bench/")]
         return sum(gains) / len(gains) if gains else math.nan
+
+    def forgetting_per_gain(self) -> float:
+        """Forgetting per unit of domain gain; NaN where nothing was gained (the ratio
+        means nothing there, and a gain of exactly 0 would divide by zero)."""
+        gain = self.gain()
+        return self.final.get("forgetting/general", math.nan) / gain if gain > 0 else math.nan
 
 
 def find_runs(sweep: Path) -> list[Path]:
@@ -62,7 +74,8 @@ def read_run(log_dir: Path, name: str) -> tuple[Run | None, str]:
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     acc.Reload()
     tags = set(acc.Tags().get("scalars", []))
-    curves = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags if t.startswith("val/")}
+    # the losses themselves, not their standard errors (val/<domain>/loss_se)
+    curves = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags if _is_loss(t)}
     if not curves:
         return None, "no evaluation logged yet"
     if max(len(c) for c in curves.values()) < 2:
@@ -80,19 +93,22 @@ def read_run(log_dir: Path, name: str) -> tuple[Run | None, str]:
         info = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info
         for k, v in info.hparams.items():
             settings[k] = v.number_value if v.HasField("number_value") else v.string_value
-    return Run(name, settings, final, curves), ""
+    return Run(name, settings, final, curves, run_config(log_dir)), ""
+
+
+def _is_loss(tag: str) -> bool:
+    return tag.startswith("val/") and tag.endswith("/loss")
 
 
 def _hydra_settings(log_dir: Path) -> dict:
     """Settings from the run's ``.hydra/config.yaml`` (beside or above the event files)."""
     from omegaconf import OmegaConf
 
-    for d in (log_dir, *log_dir.parents[:2]):
-        f = d / ".hydra" / "config.yaml"
-        if f.is_file():
-            cfg = OmegaConf.load(f)
-            return {k: OmegaConf.select(cfg, k) for k in SETTINGS if OmegaConf.select(cfg, k) is not None}
-    return {}
+    f = config_file(log_dir)
+    if f is None:
+        return {}
+    cfg = OmegaConf.load(f)
+    return {k: OmegaConf.select(cfg, k) for k in SETTINGS if OmegaConf.select(cfg, k) is not None}
 
 
 def collect(sweep: Path) -> tuple[list[Run], list[tuple[str, str]]]:
@@ -175,13 +191,20 @@ def markdown(header: list[str], rows: list[list], skipped: list[tuple[str, str]]
     for r in rows:
         cells = []
         for j, v in enumerate(r):
-            text = f"{v:.4f}" if isinstance(v, float) and header[j] != "tokens/s" else (
-                f"{v:,.0f}" if isinstance(v, float) else str(v))  # fmt: skip
+            text = _text(v, header[j])
             cells.append(f"**{text}**" if j in best and v == best[j] else text)
         out.append("| " + " | ".join(cells) + " |")
     if skipped:
         out += ["", "Skipped:"] + [f"- {n}: {why}" for n, why in skipped]
     return "\n".join(out) + "\n"
+
+
+def _text(v, column: str) -> str:
+    if not isinstance(v, float):
+        return str(v)
+    if column == "tokens/s":
+        return f"{v:,.0f}"
+    return f"{v:.4f}" if _better(column) else f"{v:g}"  # a setting (lr 2e-05) keeps its digits
 
 
 AXES = {  # the gain-vs-forgetting figure: by validation losses or by benchmark scores
@@ -214,7 +237,7 @@ def figures(runs: list[Run], out: Path, axes: str = "loss") -> None:
     ax.set_ylabel(ylabel)
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_title(f"Domain gain vs forgetting ({axes})")
-    _save(fig, out / "gain_vs_forgetting.png")
+    save_figure(fig, out / "gain_vs_forgetting.png")
 
     tags = sorted({t for r in runs for t in r.curves})
     fig, axes = plt.subplots(1, len(tags), figsize=(5 * len(tags), 4), squeeze=False)
@@ -226,7 +249,7 @@ def figures(runs: list[Run], out: Path, axes: str = "loss") -> None:
         ax.set_title(tag)
         ax.set_xlabel("step")
     axes[0][-1].legend(fontsize=6, loc="best")
-    _save(fig, out / "val_curves.png")
+    save_figure(fig, out / "val_curves.png")
 
 
 def _label(name: str) -> str:
@@ -236,12 +259,12 @@ def _label(name: str) -> str:
     return re.sub(r"^\d+_\+?", "", name)
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=120)
+    fig.savefig(buf, format="png", dpi=100)  # small enough to commit next to an experiment
     plt.close(fig)
     write_atomic(path, buf.getvalue())
 
@@ -267,7 +290,22 @@ def report(sweep: Path, out: Path, axes: str = "loss") -> tuple[list[Run], list[
     csv.writer(buf).writerows([header, *rows])
     write_atomic(out / "report.csv", buf.getvalue().encode())
     figures(runs, out, axes)
+    groups = group(runs)
+    write_by_config(groups, pooled_metrics(runs), out)
+    write_paired(groups, pooled_metrics(runs), out)
+    write_curves(groups, out)
     return runs, skipped
+
+
+def pooled_metrics(runs: list[Run]) -> dict:
+    """What ``by_config`` pools over seeds: domain gain, forgetting per unit of gain, every
+    final metric of lp.record's families (losses and their standard errors, forgetting,
+    benchmarks) and tokens/s."""
+    tags = sorted({t for r in runs for t in r.final if t.startswith(METRIC_FAMILIES)})
+    metrics = {"domain gain": Run.gain, "forgetting per gain": Run.forgetting_per_gain}
+    metrics |= {t: (lambda r, t=t: r.final.get(t, math.nan)) for t in tags}
+    metrics["tokens/s"] = lambda r: r.final.get("perf/tokens_per_s", math.nan)
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,6 +126,7 @@ def rules() -> dict[str, Check]:
         "data.eval_tokens": integer(1),
         "data.eval_fraction": number(0, 1, open_lo=True, open_hi=True),
         "data.seed": integer(0),
+        "data.train_seed": integer(0),
         "data.num_workers": integer(0),
         "data.reset_position_ids": boolean,
         "optim.lr": number(0, open_lo=True),

@@ -118,6 +118,33 @@ def test_eval_sets_do_not_depend_on_training_settings(tokenizer, tmp_path):
         assert torch.equal(a.eval_sets[d], b.eval_sets[d])
 
 
+def rows_of(d, n=12):
+    return [r["input_ids"] for r in itertools.islice(iter(d.train_dataloader().dataset), n)]
+
+
+def test_train_seed_changes_training_order_only(tokenizer, tmp_path):
+    base = dm(tokenizer, tmp_path, seed=3)
+    same = dm(tokenizer, tmp_path, seed=3, train_seed=0)
+    other = dm(tokenizer, tmp_path, seed=3, train_seed=1)
+    # train_seed 0 reads what a run read before train_seed existed: data.seed's own stream
+    before = PackedMixture(base.sources, tokenizer, 32, 3, 0.1)
+    old = [r["input_ids"] for r in itertools.islice(iter(before), 12)]
+    assert all(torch.equal(x, y) for x, y in zip(rows_of(same), old, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(rows_of(other), old, strict=True))
+    for d in base.domains:  # the eval sets stay on data.seed
+        assert torch.equal(other.eval_sets[d], base.eval_sets[d])
+
+
+def test_the_run_seed_is_the_training_order_seed():
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import ROOT
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose("train", overrides=["seed=2"])
+    assert cfg.data.train_seed == 2 and cfg.data.seed == 0
+
+
 def test_eval_documents_never_reach_training(tokenizer, tmp_path):
     d = dm(tokenizer, tmp_path)
     math = d.sources[1]

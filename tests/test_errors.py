@@ -39,6 +39,7 @@ TRAIN = [
     (["data.eval_tokens=-5"], "data.eval_tokens=-5"),
     (["data.eval_fraction=1.5"], "data.eval_fraction=1.5"),
     (["data.num_workers=-1"], "data.num_workers=-1"),
+    (["data.train_seed=-2"], "data.train_seed=-2"),
     (["optim.lr=-1"], "optim.lr=-1"),
     (["optim.warmup_ratio=2"], "optim.warmup_ratio=2"),
     (["optim.weight_decay=-0.1"], "optim.weight_decay=-0.1"),

@@ -10,7 +10,10 @@ from tests.conftest import ROOT, run_lp
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf/experiment").glob("*.yaml"))
 RUNS = {"ablation_blocks": 5, "ablation_position": 3, "ablation_init": 3, "ablation_source": 2,
-        "ablation_methods": 5, "table5": 10}  # fmt: skip
+        "ablation_methods": 5, "table5": 10, "forgetting_real_base": 6}  # fmt: skip
+# fewer runs where the whole grid would only repeat what a part shows (3 x 3 -> 3 x 2 seeds)
+SHRINK = {"forgetting_real_base": ["seed=0,1"]}
+NO_EXPORT = {"forgetting_real_base"}  # export=false: the experiment compares metrics, not weights
 
 
 def sweep(experiment, lp_cache, tmp_path, *extra):
@@ -23,20 +26,52 @@ def sweep(experiment, lp_cache, tmp_path, *extra):
     return tmp_path / "sweep"
 
 
+def scalars(run, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [e.value for e in acc.Scalars(tag)]
+
+
 def test_every_experiment_is_listed():
     assert set(EXPERIMENTS) == set(RUNS)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_survives_a_shrunk_sweep(experiment, lp_cache, tmp_path):
-    out = sweep(experiment, lp_cache, tmp_path)
+    out = sweep(experiment, lp_cache, tmp_path, *SHRINK.get(experiment, []))
     runs = sorted(p for p in out.iterdir() if p.is_dir())
     assert len(runs) == RUNS[experiment]
     for run in runs:
-        assert (run / "export/lp_expansion.json").is_file(), run.name
+        assert (run / "export/lp_expansion.json").is_file() != (experiment in NO_EXPORT), run.name
         assert list((run / "tb").glob("events.out.tfevents.*")), run.name
     if experiment == "ablation_blocks":  # run names carry the swept values
         assert [r.name for r in runs] == [f"{i}_expansion.blocks={p}" for i, p in enumerate([1, 2, 4, 8, 16])]
+    if experiment == "forgetting_real_base":  # seed by seed; every seed its own training order
+        assert [r.name.split("_", 1)[1] for r in runs[:3]] == [
+            f"+variant={v},seed=0" for v in ("add_8", "full_finetune", "full_finetune_lr2e-5")
+        ]
+        train_loss = {r.name: scalars(r, "train/loss") for r in runs}
+        assert len(set(map(tuple, train_loss.values()))) == len(runs)
+        seeds_pool_by_configuration(out, tmp_path / "rep")
+
+
+def seeds_pool_by_configuration(out, rep):
+    """lp.report on a real 3 x 2 sweep: one row per configuration, each the mean of its seeds' runs."""
+    assert report_main([str(out), "--out", str(rep)]) == 0
+    runs = list(csv.DictReader((rep / "report.csv").open()))
+    pooled = list(csv.DictReader((rep / "by_config.csv").open()))
+    assert len(pooled) == 3 and all(r["seeds"] == "0,1" and r["forgetting/general n"] == "2" for r in pooled)
+    for row in pooled:
+        lr, method = row["configuration"].split("optim.lr=")[1].split(",")[0], row["configuration"]
+        mine = [r for r in runs if float(r["lr"]) == float(lr) and r["method"] in method]
+        assert len(mine) == 2, row["configuration"]
+        mean = sum(float(r["forgetting/general"]) for r in mine) / 2
+        assert float(row["forgetting/general mean"]) == pytest.approx(mean, abs=1e-6)
+    curves = list(csv.DictReader((rep / "curves_by_config.csv").open()))
+    assert {r["tokens"] for r in curves} == {"0", str(4 * 4 * 64)}  # smoke: 4 steps of 4 rows x 64 tokens
+    assert (rep / "forgetting_vs_tokens.png").stat().st_size < 300_000
 
 
 def test_report_on_a_real_two_run_sweep_and_a_partial_one(lp_cache, tmp_path, capsys):

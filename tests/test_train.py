@@ -18,6 +18,9 @@ TAGS = {
     "val/code/loss",
     "val/math/loss",
     "val/general/loss",
+    "val/code/loss_se",
+    "val/math/loss_se",
+    "val/general/loss_se",
     "forgetting/general",
     "perf/tokens_per_s",
     "perf/trainable_params",
@@ -58,6 +61,10 @@ def test_tensorboard_has_every_tag_and_a_step0_baseline(trained):
     general = acc.Scalars("val/general/loss")
     assert len(general) >= 2  # before training and after
     assert forgetting[-1].value == pytest.approx(general[-1].value - general[0].value, abs=1e-5)
+    for d in ("code", "math", "general"):  # a standard error: positive, far below the loss itself
+        se, loss = acc.Scalars(f"val/{d}/loss_se"), acc.Scalars(f"val/{d}/loss")
+        assert [e.step for e in se] == [e.step for e in loss]
+        assert all(0 < e.value < 0.5 * v.value for e, v in zip(se, loss, strict=True))
     assert acc.Scalars("perf/trainable_params")[0].value == sum(
         p.numel() for p in result.module.model.parameters() if p.requires_grad
     )

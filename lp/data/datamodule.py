@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 from collections import deque
 
 import lightning as L
@@ -44,8 +45,10 @@ class MixtureDataModule(L.LightningDataModule):
     own domain, which the forgetting measurement reads).
 
     Eval sets depend only on the source settings, ``seed``, ``seq_len``,
-    ``eval_tokens`` and ``eval_fraction``, never on batch size or training
-    length, so runs of a sweep are evaluated on identical tokens.
+    ``eval_tokens`` and ``eval_fraction``, never on batch size, training
+    length or ``train_seed``, so runs of a sweep (seeds included) are evaluated
+    on identical tokens. ``train_seed`` changes only the order of the training
+    rows (``train_order_seed``).
 
     The sources are built (files found, first rows read) at construction; the
     ``tokenizer`` may be set afterwards, before ``setup`` (``lp.train`` checks the
@@ -63,6 +66,7 @@ class MixtureDataModule(L.LightningDataModule):
         eval_tokens: int = 16384,
         eval_fraction: float = 0.05,
         seed: int = 0,
+        train_seed: int = 0,
         num_workers: int = 1,
         reset_position_ids: bool = False,
     ):
@@ -75,6 +79,7 @@ class MixtureDataModule(L.LightningDataModule):
         self.seq_len, self.batch_size, self.eval_batch_size = seq_len, batch_size, eval_batch_size
         self.eval_tokens, self.eval_fraction = eval_tokens, eval_fraction
         self.seed, self.num_workers, self.reset_position_ids = seed, num_workers, reset_position_ids
+        self.train_seed = train_seed
         self.eval_sets: dict[str, torch.Tensor] = {}
 
     @property
@@ -105,8 +110,9 @@ class MixtureDataModule(L.LightningDataModule):
         if self.num_workers > 0:
             # workers tokenise in parallel already; the Rust thread pool would oversubscribe
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        seed = train_order_seed(self.seed, self.train_seed)
         data = PackedMixture(
-            self.sources, self.tokenizer, self.seq_len, self.seed, self.eval_fraction, self.reset_position_ids
+            self.sources, self.tokenizer, self.seq_len, seed, self.eval_fraction, self.reset_position_ids
         )
         return TrainedStateLoader(data, batch_size=self.batch_size, num_workers=self.num_workers)
 
@@ -115,3 +121,13 @@ class MixtureDataModule(L.LightningDataModule):
             DataLoader(TensorDataset(self.eval_sets[d]), batch_size=self.eval_batch_size)
             for d in self.domains
         ]
+
+
+def train_order_seed(seed: int, train_seed: int) -> int:
+    """The seed of the training stream (which rows, in which order).
+
+    ``train_seed`` 0 leaves it at ``seed`` (``data.seed``), so a run with seed 0 reads
+    exactly the rows it read before ``train_seed`` existed; any other value mixes both
+    into a new one, so ``seed=1,2`` give new orders whatever ``data.seed`` is (a plain
+    sum would give data.seed=1, seed=0 and data.seed=0, seed=1 the same order)."""
+    return seed if train_seed == 0 else zlib.crc32(f"{seed}/train/{train_seed}".encode())
