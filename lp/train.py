@@ -101,14 +101,6 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     if ckpt.enabled:
         callbacks.append(StepCheckpoint(checkpoint_dir(run_dir), ckpt.every_n_steps, ckpt.keep))
         callbacks.append(Resumable(settings, base))
-    L.seed_everything(cfg.seed, workers=True)
-    model = load_model(name, cfg.model.attn, cfg.model.dtype)
-    data.tokenizer = tokenizer = load_tokenizer(name)
-    plan = recorded or make_plan(model.config.num_hidden_layers, **plan_args)
-    if not recorded:
-        expand_model(model, plan)
-    model = prepare(model, method, cfg.method)
-    module = CausalLMModule(model, plan, tuple(data.domains), method, **cfg.optim)
     logger = _logger(cfg, saved["global_step"] if saved else 0)
     trainer = instantiate(
         cfg.trainer,
@@ -118,10 +110,18 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
         enable_checkpointing=ckpt.enabled,
         plugins=[AtomicCheckpointIO()],
     )
-    if saved:
+    if saved:  # the Trainer knows the world size before any model loads
         check_world_size(saved, trainer.num_nodes * trainer.num_devices, resume_from)
         resumed_note(resume_from, saved["global_step"])
-    else:  # the pre-training baseline, at step 0 (a resumed run has it in the checkpoint)
+    L.seed_everything(cfg.seed, workers=True)
+    model = load_model(name, cfg.model.attn, cfg.model.dtype)
+    data.tokenizer = tokenizer = load_tokenizer(name)
+    plan = recorded or make_plan(model.config.num_hidden_layers, **plan_args)
+    if not recorded:
+        expand_model(model, plan)
+    model = prepare(model, method, cfg.method)
+    module = CausalLMModule(model, plan, tuple(data.domains), method, **cfg.optim)
+    if not saved:  # the pre-training baseline, at step 0 (a resumed run has it in the checkpoint)
         trainer.validate(module, datamodule=data, verbose=False)
     trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     final = _final_metrics(trainer)

@@ -7,17 +7,21 @@ every 3, so checkpoints fall both on and between evaluations."""
 
 import os
 import random
+import shutil
 import sys
 
+import lightning as L
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data import DataLoader, TensorDataset
 
-from lp.resume import KEY, steps
+from lp.resume import KEY, AtomicCheckpointIO, Resumable, StepCheckpoint, steps
 from lp.train import run
-from tests.conftest import ROOT
+from tests.conftest import ROOT, check_one_line, hydra_cli
 
 SHORT = [
     "debug=smoke",
@@ -122,3 +126,106 @@ def test_a_checkpoint_holds_what_trains_and_the_reference(reference):
     n = sum(p.numel() for n_, p in module.named_parameters() if p.requires_grad)
     size = (reference / "checkpoints/step-4.ckpt").stat().st_size
     assert 12 * n <= size < 12 * n * 1.1 + 100_000, (size, 12 * n)
+
+
+def resume_dir(reference, tmp_path):
+    """A run directory holding the uninterrupted run's checkpoints (a copy: refused runs
+    must leave it as it was)."""
+    out = tmp_path / "run"
+    shutil.copytree(reference / "checkpoints", out / "checkpoints")
+    return out
+
+
+def files(d):
+    """What lp wrote in ``d`` (Hydra writes its .hydra/ and log before any run starts)."""
+    mine = [p for p in d.rglob("*") if ".hydra" not in p.parts and p.suffix != ".log"]
+    return sorted((str(p.relative_to(d)), p.stat().st_mtime_ns) for p in mine)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.seq_len=32", "data.seq_len=32 differs from 64"),
+        ("expansion.blocks=2", "expansion.blocks=2 differs from 8"),
+        ("method=expand_full", "method.name='expand_full' differs from 'block_expansion'"),
+        ("data.sources.math.weight=2.0", "data.sources.math.weight=2.0 differs from 1.0"),
+        ("trainer.devices=2", "written by 1 processes, this run has 2"),
+        ("resume=null", "resume=null but"),
+    ],
+)
+def test_a_resume_refuses_a_changed_fixed_setting_in_one_line(
+    override, message, reference, lp_cache, tmp_path, monkeypatch, capsys
+):
+    out = resume_dir(reference[0], tmp_path)
+    before = files(out)
+    monkeypatch.setenv("LP_CACHE", str(lp_cache))
+    code = hydra_cli("lp.train", [*SHORT, override, f"hydra.run.dir={out}"], monkeypatch)
+    check_one_line(code, capsys.readouterr().err, message)
+    assert files(out) == before  # the run directory is kept, nothing in it written
+
+
+def test_a_resume_refuses_a_changed_base(reference, lp_cache, tmp_path, monkeypatch, capsys):
+    from safetensors.torch import save_file
+
+    cache = tmp_path / "cache"
+    shutil.copytree(lp_cache, cache)
+    (weights,) = cache.glob("tiny-llama-*/model.safetensors")
+    tensors = load_file(weights)
+    tensors["model.norm.weight"][0] += 1  # one number of the base changed, same settings
+    save_file(tensors, weights, metadata={"format": "pt"})
+    out = resume_dir(reference[0], tmp_path)
+    monkeypatch.setenv("LP_CACHE", str(cache))
+    code = hydra_cli("lp.train", [*SHORT, f"hydra.run.dir={out}"], monkeypatch)
+    check_one_line(code, capsys.readouterr().err, "is not the one")
+
+
+def test_max_steps_and_intervals_may_change(reference, lp_cache, tmp_path):
+    out = resume_dir(reference[0], tmp_path)
+    (out / "checkpoints/step-6.ckpt").unlink()  # continue from step 4
+    longer = ["trainer.max_steps=8", "trainer.val_check_interval=4", "trainer.log_every_n_steps=2"]
+    result = in_process(out, ["resume=auto", "export=false", *longer], cache=lp_cache)
+    assert result.module.trainer.global_step == 8
+    assert [s for s, _ in steps(out / "checkpoints")][-2:] == [6, 8]
+    loss = scalars(out)["train/loss"]
+    assert [s for s, _ in loss] == [5, 7]  # the resumed part only (this directory has no earlier events)
+
+
+class Noisy(L.LightningModule):
+    """Draws from every generator a training step may use (dropout, numpy, random)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(8))
+        self.drawn: dict[int, tuple] = {}
+
+    def training_step(self, batch, batch_idx):
+        draws = (torch.rand(3).tolist(), np.random.rand(), random.random())
+        self.drawn[self.trainer.global_step] = draws
+        return (torch.nn.functional.dropout(self.w, 0.5) * batch[0]).sum()
+
+    def train_dataloader(self):
+        data = TensorDataset(torch.ones(8, 8))  # batches alike: this loader does not resume
+        return DataLoader(data, batch_size=1, generator=torch.Generator().manual_seed(0))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def fit(tmp_path, max_steps, ckpt=None) -> Noisy:
+    L.seed_everything(0)
+    module = Noisy()
+    trainer = L.Trainer(
+        max_steps=max_steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[StepCheckpoint(tmp_path, every_n_steps=2, keep=None), Resumable({}, {})],
+        plugins=[AtomicCheckpointIO()],
+    )  # fmt: skip
+    trainer.fit(module, ckpt_path=ckpt)
+    return module
+
+
+def test_random_number_generators_continue_where_they_were(tmp_path):
+    whole = fit(tmp_path / "whole", 4)
+    resumed = fit(tmp_path / "resumed", 4, ckpt=tmp_path / "whole/step-2.ckpt")
+    assert sorted(resumed.drawn) == [2, 3]
+    assert [resumed.drawn[s] for s in (2, 3)] == [whole.drawn[s] for s in (2, 3)]
+    assert torch.equal(resumed.w, whole.w)  # dropout masks drawn alike
