@@ -318,6 +318,17 @@ def check_resume(saved: Mapping, settings: Mapping[str, Any], path: Path) -> Non
             )
 
 
+def check_no_newer(saved: Mapping, run_dir: Path, path: Path) -> None:
+    """Continuing an older checkpoint in a run directory that holds newer ones would mix
+    two histories there (``resume=auto`` would later pick the newer, abandoned one)."""
+    newer = [p for step, p in steps(checkpoint_dir(run_dir)) if step > saved["global_step"]]
+    if newer:
+        raise LpError(
+            f"resume={path} is at step {saved['global_step']} but {newer[-1]} is newer; "
+            "resume=auto continues that, or delete the newer checkpoints, or choose another hydra.run.dir"
+        )
+
+
 def check_world_size(saved: Mapping, world_size: int, path: Path) -> None:
     if int(saved["world_size"]) != world_size:
         raise LpError(

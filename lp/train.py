@@ -34,6 +34,7 @@ from lp.resume import (
     StepCheckpoint,
     base_reference,
     check_base,
+    check_no_newer,
     check_resume,
     check_world_size,
     checkpoint_dir,
@@ -83,6 +84,7 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     saved = read_saved(resume_from) if resume_from else None
     if saved:
         check_resume(saved, settings, resume_from)
+        check_no_newer(saved, run_dir, resume_from)
     checkpoint = None if cfg.model.get("gguf_file") else cfg.model.name_or_path  # a GGUF is checked as one
     if checkpoint:
         check_checkpoint(str(checkpoint))

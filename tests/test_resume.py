@@ -164,6 +164,16 @@ def test_a_resume_refuses_a_changed_fixed_setting_in_one_line(
     assert files(out) == before  # the run directory is kept, nothing in it written
 
 
+def test_a_resume_refuses_an_older_checkpoint_where_newer_ones_are(
+    reference, lp_cache, tmp_path, monkeypatch, capsys
+):
+    out = resume_dir(reference[0], tmp_path)
+    monkeypatch.setenv("LP_CACHE", str(lp_cache))
+    older = out / "checkpoints/step-4.ckpt"
+    code = hydra_cli("lp.train", [*SHORT, f"resume={older}", f"hydra.run.dir={out}"], monkeypatch)
+    check_one_line(code, capsys.readouterr().err, "step-6.ckpt is newer")
+
+
 def test_a_resume_refuses_a_changed_base(reference, lp_cache, tmp_path, monkeypatch, capsys):
     from safetensors.torch import save_file
 
