@@ -29,6 +29,8 @@ from lp.module import CausalLMModule
 from lp.record import METRIC_FAMILIES, SETTINGS, clear_failure, mark_failed, write_hparams
 from lp.settings import validate
 from lp.speed import SpeedUp
+from lp.strategy import build as build_strategy
+from lp.strategy import gathered_state, speed_options
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="train")
@@ -84,6 +86,7 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     logger = instantiate(cfg.logger)
     trainer = instantiate(
         cfg.trainer,
+        strategy=build_strategy(cfg.strategy, module, cfg.speed.activation_checkpointing),
         precision=_precision(cfg.trainer.precision),
         logger=logger,
         callbacks=callbacks,
@@ -95,10 +98,13 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     if trainer.global_step % int(cfg.trainer.val_check_interval) != 0:
         trainer.validate(module, datamodule=data, verbose=False)
         final |= _final_metrics(trainer)  # validate() clears what fit logged (benchmarks): keep both
-    write_hparams(logger.log_dir, _hparams(cfg, plan), sorted(final))
+    if trainer.is_global_zero:
+        write_hparams(logger.log_dir, _hparams(cfg, plan), sorted(final))
     out = None
+    # every rank takes part in gathering a sharded model; rank 0 writes the one export
+    state = gathered_state(trainer, module) if cfg.export else None
     if cfg.export and trainer.is_global_zero:
-        out = export_checkpoint(module, tokenizer, plan, name, run_dir / "export")
+        out = export_checkpoint(module, tokenizer, plan, name, run_dir / "export", state)
         print(f"lp: exported {out}\nlp: tensorboard --logdir {run_dir}")
     return RunResult(final, module, out)
 
@@ -131,7 +137,8 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list:
         FreezeCallback(**c.freeze),  # trains what the module's method trains, plus these options
         IdentityCheck(**c.identity_check),
         Throughput(**c.throughput),
-        SpeedUp(**cfg.speed),  # after the freeze callback: it reads which parameters train
+        # after the freeze callback: it reads which parameters train; what the strategy owns steps aside
+        SpeedUp(**speed_options(cfg.strategy.name, cfg.speed)),
     ]
     if c.checkpoint.enabled:
         callbacks.append(
