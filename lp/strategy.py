@@ -89,12 +89,13 @@ def build(settings: Mapping, module, activation_checkpointing: bool = False):
         from lightning.pytorch.strategies import FSDPStrategy
         from torch.distributed.fsdp.wrap import CustomPolicy
 
-        units = _Lazy(lambda: set(fsdp_units(module.model)))
-        checkpointed = _Lazy(lambda: set(trained_layers(module.model)))
+        # both read at FSDP's first policy call, before it wraps: checkpointing then wraps the
+        # layers themselves, inside their FSDP units
+        plan = _Lazy(lambda: (set(fsdp_units(module.model)), set(trained_layers(module.model))))
         return FSDPStrategy(
-            auto_wrap_policy=CustomPolicy(lambda m: m in units.get()),
+            auto_wrap_policy=CustomPolicy(lambda m: m in plan.get()[0]),
             activation_checkpointing_policy=(
-                CustomPolicy(lambda m: m in checkpointed.get()) if activation_checkpointing else None
+                CustomPolicy(lambda m: m in plan.get()[1]) if activation_checkpointing else None
             ),
             sharding_strategy=settings["sharding_strategy"],
             cpu_offload=settings["cpu_offload"],

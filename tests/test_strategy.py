@@ -48,7 +48,11 @@ def test_fsdp_units_one_per_layer_frozen_and_trainable_apart():
     [
         ("block_expansion", {"train_norms": True}, False),
         ("block_expansion", {"train_embeddings": True}, False),
-        ("block_expansion", {"train_embeddings": True, "train_norms": True}, True),
+        (
+            "block_expansion",
+            {"train_norms": True},
+            True,
+        ),  # root mixed: frozen tied embedding/head, trained norm
         ("lora", {}, False),
         ("moe", {}, False),
     ],
@@ -66,6 +70,60 @@ def test_fsdp_never_mixes_frozen_and_trainable_in_one_unit(method, freeze, tied)
         assert kinds["model.layers.0.self_attn"] == "frozen"
     if tied:  # the shared embedding/head tensor stays in one unit, the root
         assert "model.embed_tokens" not in kinds and "lm_head" not in kinds
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    """A real (gloo, world size 1) process group: torch's FSDP runs on CPU, Lightning's does not."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("train_norms", [False, True])
+def test_fsdp_wraps_what_the_policy_says_and_trains_on_cpu(one_process_group, train_norms):
+    """The policies lp gives Lightning's FSDPStrategy, applied by torch's FSDP as Lightning applies
+    them (the wrap, then activation checkpointing): one FSDP unit per planned unit plus the root,
+    FSDP's non-reentrant checkpoint wrapper on exactly the layers at and above the lowest
+    trainable one (with train_norms: layer 0's norms train, so every layer), and a step computing
+    the unwrapped model's loss and gradients."""
+    from lightning.fabric.strategies.fsdp import _setup_activation_checkpointing
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    module, reference = frozen_module(train_norms=train_norms), frozen_module(train_norms=train_norms)
+    settings = {"name": "fsdp", "sharding_strategy": "SHARD_GRAD_OP", "cpu_offload": False}
+    strategy = build(settings, module, activation_checkpointing=True)
+    units = fsdp_units(module.model)
+    low, layers = 0 if train_norms else min(module.plan.new_layers), list(module.model.model.layers)
+    wrapped = FSDP(module, sharding_strategy=strategy.sharding_strategy, device_id=torch.device("cpu"),
+                   **strategy.kwargs)  # fmt: skip
+    _setup_activation_checkpointing(wrapped, strategy._activation_checkpointing_kwargs)
+    fsdp = [m.module for m in wrapped.modules() if isinstance(m, FSDP)]
+    assert len(fsdp) == len(units) + 1
+    checkpointed = [
+        m._checkpoint_wrapped_module for m in wrapped.modules() if isinstance(m, CheckpointWrapper)
+    ]
+    assert [layers.index(m) for m in checkpointed] == list(range(low, len(layers)))
+    ids = torch.randint(0, 99, (2, 16))
+    loss, expected = wrapped(ids, ids).loss, reference(ids, ids).loss
+    loss.backward()
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-6)
+    grads = {n: p.grad for n, p in reference.model.named_parameters() if p.requires_grad}
+    got = {plain_name(n): p.grad for n, p in wrapped.named_parameters() if p.requires_grad}
+    assert got.keys() == grads.keys()
+    for n in grads:
+        torch.testing.assert_close(got[n], grads[n], rtol=0, atol=1e-6, msg=n)
+
+
+def plain_name(name: str) -> str:
+    """A parameter's name in the unwrapped model (FSDP and its checkpoint wrapper add prefixes)."""
+    for wrapper in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module."):
+        name = name.replace(wrapper, "")
+    return name.removeprefix("model.")
 
 
 def test_every_trainable_parameter_gets_a_gradient_so_ddp_need_not_search():
