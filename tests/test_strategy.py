@@ -5,16 +5,18 @@ runs are marked ``gpu``."""
 
 import math
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import Precision
 from safetensors.torch import load_file
 
-from lp.callbacks import FreezeCallback
+from lp.callbacks import FreezeCallback, find_non_identity_blocks
 from lp.expansion import expand_model, make_plan
 from lp.methods import METHODS, get_method, prepare
 from lp.module import CausalLMModule
-from lp.strategy import build, fsdp_units, unit_kinds
+from lp.strategy import build, fsdp_units, gathered_state, unit_kinds
 from tests.conftest import ROOT, hydra_cli, run_lp, tiny_llama
 from tests.test_train import scalars
 
@@ -87,8 +89,9 @@ def test_fsdp_wraps_what_the_policy_says_and_trains_on_cpu(one_process_group, tr
     """The policies lp gives Lightning's FSDPStrategy, applied by torch's FSDP as Lightning applies
     them (the wrap, then activation checkpointing): one FSDP unit per planned unit plus the root,
     FSDP's non-reentrant checkpoint wrapper on exactly the layers at and above the lowest
-    trainable one (with train_norms: layer 0's norms train, so every layer), and a step computing
-    the unwrapped model's loss and gradients."""
+    trainable one (with train_norms: layer 0's norms train, so every layer), the export's gather
+    giving the unwrapped model's state dict, the identity check passing through the root
+    wrapper, and a step computing the unwrapped model's loss and gradients."""
     from lightning.fabric.strategies.fsdp import _setup_activation_checkpointing
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
@@ -107,6 +110,14 @@ def test_fsdp_wraps_what_the_policy_says_and_trains_on_cpu(one_process_group, tr
         m._checkpoint_wrapped_module for m in wrapped.modules() if isinstance(m, CheckpointWrapper)
     ]
     assert [layers.index(m) for m in checkpointed] == list(range(low, len(layers)))
+    # the export's gather (Lightning's full state dict, rank 0) and the identity check, through FSDP
+    strategy.model, strategy.parallel_devices = wrapped, [torch.device("cpu")]
+    trainer = SimpleNamespace(strategy=strategy, is_global_zero=True, precision_plugin=Precision())
+    state = gathered_state(trainer, module)
+    expected_state = reference.model.state_dict()
+    assert state.keys() == expected_state.keys()
+    assert all(torch.equal(state[k], expected_state[k]) for k in state)
+    assert find_non_identity_blocks(module, torch.randint(0, 99, (2, 16)), trainer) == []
     ids = torch.randint(0, 99, (2, 16))
     loss, expected = wrapped(ids, ids).loss, reference(ids, ids).loss
     loss.backward()
