@@ -50,6 +50,11 @@ def check(cfg) -> None:
         )
     if s.name not in SHARDED:
         return
+    if s.name in ("fsdp", "deepspeed_zero3") and cfg.method.name == "lora":
+        raise LpError(
+            f"method=lora does not combine with strategy={s.name}: its export merges the adapters "
+            "through peft on whole weights; use strategy=ddp or deepspeed_zero2"
+        )
     if cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available():
         raise LpError(f"strategy={s.name} needs CUDA GPUs (Lightning and DeepSpeed shard on CUDA only); "
                       "on CPU use strategy=ddp")  # fmt: skip

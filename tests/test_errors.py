@@ -68,6 +68,7 @@ TRAIN = [
     (["strategy=fsdp"], "strategy=fsdp needs CUDA GPUs"),  # this machine has none (CI neither)
     (["strategy=deepspeed_zero3"], "strategy=deepspeed_zero3 needs"),  # CUDA, or DeepSpeed where CUDA is
     (["trainer.devices=2"], "strategy=single runs on one device"),
+    (["method=lora", "strategy=fsdp"], "method=lora does not combine with strategy=fsdp"),
     (["strategy=fsdp", "strategy.sharding_strategy=HALF"], "strategy.sharding_strategy='HALF'"),
     (["strategy=ddp", "strategy.find_unused_parameters=maybe"], "strategy.find_unused_parameters='maybe'"),
     (["strategy=deepspeed_zero2", "strategy.stage=4"], "strategy.stage=4"),

@@ -84,23 +84,27 @@ def one_process_group(tmp_path):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("train_norms", [False, True])
-def test_fsdp_wraps_what_the_policy_says_and_trains_on_cpu(one_process_group, train_norms):
+@pytest.mark.parametrize(
+    "method, train_norms, low",
+    [("block_expansion", False, 2), ("block_expansion", True, 0), ("moe", False, 0)],
+)
+def test_fsdp_wraps_what_the_policy_says_and_trains_on_cpu(one_process_group, method, train_norms, low):
     """The policies lp gives Lightning's FSDPStrategy, applied by torch's FSDP as Lightning applies
     them (the wrap, then activation checkpointing): one FSDP unit per planned unit plus the root,
     FSDP's non-reentrant checkpoint wrapper on exactly the layers at and above the lowest
-    trainable one (with train_norms: layer 0's norms train, so every layer), the export's gather
-    giving the unwrapped model's state dict, the identity check passing through the root
-    wrapper, and a step computing the unwrapped model's loss and gradients."""
+    trainable one (``low``: the first new block; with train_norms layer 0's norms train, and MoE
+    trains experts in every layer), the export from the gathered weights equal to the unwrapped
+    model's export, the identity check passing through the root wrapper, and a step computing the
+    unwrapped model's loss and gradients."""
     from lightning.fabric.strategies.fsdp import _setup_activation_checkpointing
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-    module, reference = frozen_module(train_norms=train_norms), frozen_module(train_norms=train_norms)
+    module, reference = (frozen_module(method, train_norms=train_norms) for _ in range(2))
     settings = {"name": "fsdp", "sharding_strategy": "SHARD_GRAD_OP", "cpu_offload": False}
     strategy = build(settings, module, activation_checkpointing=True)
     units = fsdp_units(module.model)
-    low, layers = 0 if train_norms else min(module.plan.new_layers), list(module.model.model.layers)
+    layers = list(module.model.model.layers)
     wrapped = FSDP(module, sharding_strategy=strategy.sharding_strategy, device_id=torch.device("cpu"),
                    **strategy.kwargs)  # fmt: skip
     _setup_activation_checkpointing(wrapped, strategy._activation_checkpointing_kwargs)
@@ -113,10 +117,10 @@ def test_fsdp_wraps_what_the_policy_says_and_trains_on_cpu(one_process_group, tr
     # the export's gather (Lightning's full state dict, rank 0) and the identity check, through FSDP
     strategy.model, strategy.parallel_devices = wrapped, [torch.device("cpu")]
     trainer = SimpleNamespace(strategy=strategy, is_global_zero=True, precision_plugin=Precision())
-    state = gathered_state(trainer, module)
-    expected_state = reference.model.state_dict()
-    assert state.keys() == expected_state.keys()
-    assert all(torch.equal(state[k], expected_state[k]) for k in state)
+    _, exported = module.export_weights(gathered_state(trainer, module))
+    _, expected_export = reference.export_weights()
+    assert exported.keys() == expected_export.keys()
+    assert all(torch.equal(exported[k], expected_export[k]) for k in exported)
     assert find_non_identity_blocks(module, torch.randint(0, 99, (2, 16)), trainer) == []
     ids = torch.randint(0, 99, (2, 16))
     loss, expected = wrapped(ids, ids).loss, reference(ids, ids).loss
