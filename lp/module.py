@@ -108,7 +108,7 @@ class CausalLMModule(L.LightningModule):
         # fused AdamW: one kernel for all tensors (CUDA and CPU) instead of a loop over them;
         # not with fp16's gradient scaler, which must unscale before clipping, nor under DeepSpeed,
         # whose engine steps the optimizer on its own flattened partitions
-        engine = isinstance(self.trainer.strategy, DeepSpeedStrategy)
+        engine = isinstance(getattr(self.trainer, "strategy", None), DeepSpeedStrategy)
         fused = _grad_scaler(self.trainer) is None and not engine
         opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, fused=fused)
         total = max(1, int(self.trainer.estimated_stepping_batches))
