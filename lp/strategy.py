@@ -28,6 +28,7 @@ import importlib.util
 from collections.abc import Mapping
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from lp.errors import LpError
@@ -187,6 +188,20 @@ def _shared_parameters(model: nn.Module) -> set[int]:
     for _, p in model.named_parameters(remove_duplicate=False):
         seen[id(p)] = seen.get(id(p), 0) + 1
     return {i for i, n in seen.items() if n > 1}
+
+
+class KeepFrozenOriginals(Callback):
+    """Under DeepSpeed with 16-bit precision the engine casts the whole module, frozen weights
+    included; the export writes frozen weights as loaded, so rank 0 (the one that exports)
+    keeps their full-precision tensors, on the host where the model was loaded (nothing is
+    copied), in the module's ``originals``, as lp.speed does for its own casts. Place it after
+    the freeze callback."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.is_global_zero:
+            for name, p in pl_module.model.named_parameters():
+                if not p.requires_grad:
+                    pl_module.originals.setdefault(name, p.data)
 
 
 def is_sharded(trainer) -> bool:

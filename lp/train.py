@@ -29,8 +29,8 @@ from lp.module import CausalLMModule
 from lp.record import METRIC_FAMILIES, SETTINGS, clear_failure, mark_failed, write_hparams
 from lp.settings import validate
 from lp.speed import SpeedUp
+from lp.strategy import KeepFrozenOriginals, gathered_state, speed_options
 from lp.strategy import build as build_strategy
-from lp.strategy import gathered_state, speed_options
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="train")
@@ -140,6 +140,8 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list:
         # after the freeze callback: it reads which parameters train; what the strategy owns steps aside
         SpeedUp(**speed_options(cfg.strategy.name, cfg.speed)),
     ]
+    if cfg.strategy.name.startswith("deepspeed"):
+        callbacks.append(KeepFrozenOriginals())  # the engine casts frozen weights too
     if c.checkpoint.enabled:
         callbacks.append(
             L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)

@@ -16,7 +16,7 @@ from lp.callbacks import FreezeCallback, find_non_identity_blocks
 from lp.expansion import expand_model, make_plan
 from lp.methods import METHODS, get_method, prepare
 from lp.module import CausalLMModule
-from lp.strategy import build, fsdp_units, gathered_state, unit_kinds
+from lp.strategy import KeepFrozenOriginals, build, fsdp_units, gathered_state, unit_kinds
 from tests.conftest import ROOT, hydra_cli, run_lp, tiny_llama
 from tests.test_train import scalars
 
@@ -139,6 +139,21 @@ def plain_name(name: str) -> str:
     for wrapper in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module."):
         name = name.replace(wrapper, "")
     return name.removeprefix("model.")
+
+
+@pytest.mark.parametrize("rank0", [True, False])
+def test_frozen_weights_go_out_as_loaded_when_an_engine_casts_them(rank0):
+    """DeepSpeed's bf16 mode casts the whole module (``module.bfloat16()``, done here by hand):
+    rank 0 keeps the frozen weights' originals and exports them exactly; other ranks keep none."""
+    module = frozen_module()
+    loaded = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    KeepFrozenOriginals().setup(SimpleNamespace(is_global_zero=rank0), module, "fit")
+    module.model.bfloat16()
+    frozen = {n for n, p in module.model.named_parameters() if not p.requires_grad}
+    assert set(module.originals) == (frozen if rank0 else set())
+    if rank0:
+        _, weights = module.export_weights()
+        assert all(torch.equal(weights[n], loaded[n]) for n in frozen)
 
 
 def test_every_trainable_parameter_gets_a_gradient_so_ddp_need_not_search():
