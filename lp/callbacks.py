@@ -63,7 +63,7 @@ class FreezeCallback(BaseFinetuning):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         n = sum(p.numel() for p in pl_module.model.parameters() if p.requires_grad)
-        if trainer.logger is not None:
+        if trainer.logger is not None and trainer.global_step == 0:  # once per run, not per resume
             trainer.logger.log_metrics({"perf/trainable_params": float(n)}, step=trainer.global_step)
 
 
@@ -83,6 +83,9 @@ class IdentityCheck(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if not self.enabled or self.done or pl_module.plan is None or not pl_module.plan.new_layers:
+            return
+        if trainer.global_step > 0:  # a resumed run: the new blocks have trained, no longer identities
+            self.done = True
             return
         self.done = True
         bad = find_non_identity_blocks(pl_module, batch["input_ids"], trainer)

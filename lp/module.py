@@ -18,6 +18,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from lp.expansion import ExpansionPlan
 from lp.methods import Method, export_weights, get_method
+from lp.resume import drop_frozen, fill_frozen
 
 
 class CausalLMModule(L.LightningModule):
@@ -93,6 +94,13 @@ class CausalLMModule(L.LightningModule):
             self.log(
                 "forgetting/general", losses["general"] - self.baseline_general, add_dataloader_idx=False
             )
+
+    # checkpoints hold what trains: frozen weights come back from the rebuilt base (lp.resume)
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        drop_frozen(self, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        fill_frozen(self, checkpoint)
 
     def configure_optimizers(self):
         decay, no_decay = [], []

@@ -90,6 +90,12 @@ def device(v) -> str | None:
     return None if ok else "auto, cpu, cuda or cuda:N"
 
 
+def resume(v) -> str | None:
+    # whether the file exists is checked with the run directory (lp.resume.find_checkpoint)
+    ok = v is None or (isinstance(v, str) and v.strip() != "")
+    return None if ok else "auto, null or the path of a checkpoint file"
+
+
 def _range(lo, hi, lo_op: str, hi_op: str) -> str:
     parts = [f"{lo_op} {lo}" if lo is not None else "", f"{hi_op} {hi}" if hi is not None else ""]
     return (" " + " and ".join(p for p in parts if p)) if any(parts) else ""
@@ -140,6 +146,9 @@ def rules() -> dict[str, Check]:
         "callbacks.throughput.window": integer(1),
         "callbacks.throughput.peak_tflops": number(0, open_lo=True, optional=True),
         "callbacks.checkpoint.enabled": boolean,
+        "callbacks.checkpoint.every_n_steps": integer(1),
+        "callbacks.checkpoint.keep": integer(1, optional=True),
+        "resume": resume,
         "callbacks.benchmark.enabled": boolean,
         "callbacks.benchmark.every_n_steps": integer(1, optional=True),
         "eval.limit": integer(1, optional=True),

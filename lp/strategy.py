@@ -80,10 +80,10 @@ def speed_options(name: str, speed: Mapping) -> dict:
     return out
 
 
-def build(settings: Mapping, module, activation_checkpointing: bool = False):
-    """The Lightning strategy for ``settings`` (``conf/strategy/``); ``module`` is the
-    LightningModule, whose model FSDP's policies read when it wraps (after the
-    freeze callback has chosen what trains)."""
+def build(settings: Mapping, activation_checkpointing: bool = False):
+    """The Lightning strategy for ``settings`` (``conf/strategy/``). Built before the model
+    exists: FSDP's policies read the strategy's LightningModule when it wraps, after the
+    freeze callback has chosen what trains."""
     name = settings["name"]
     if name == "single":
         return "auto"
@@ -97,8 +97,8 @@ def build(settings: Mapping, module, activation_checkpointing: bool = False):
 
         # both read at FSDP's first policy call, before it wraps: checkpointing then wraps the
         # layers themselves, inside their FSDP units
-        plan = _Lazy(lambda: (set(fsdp_units(module.model)), set(trained_layers(module.model))))
-        return FSDPStrategy(
+        plan = _Lazy(lambda: _fsdp_plan(strategy.lightning_module.model))
+        strategy = FSDPStrategy(
             auto_wrap_policy=CustomPolicy(lambda m: m in plan.get()[0]),
             activation_checkpointing_policy=(
                 CustomPolicy(lambda m: m in plan.get()[1]) if activation_checkpointing else None
@@ -108,6 +108,7 @@ def build(settings: Mapping, module, activation_checkpointing: bool = False):
             use_orig_params=True,
             state_dict_type="full",
         )
+        return strategy
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
     return DeepSpeedStrategy(
@@ -115,6 +116,10 @@ def build(settings: Mapping, module, activation_checkpointing: bool = False):
         offload_optimizer=settings["offload_optimizer"],
         offload_parameters=settings["offload_parameters"],
     )
+
+
+def _fsdp_plan(model: nn.Module) -> tuple[set, set]:
+    return set(fsdp_units(model)), set(trained_layers(model))
 
 
 class _Lazy:

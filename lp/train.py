@@ -27,6 +27,21 @@ from lp.methods import get_method, prepare
 from lp.models import declared_layers, load_model, load_tokenizer, resolve_base
 from lp.module import CausalLMModule
 from lp.record import METRIC_FAMILIES, SETTINGS, clear_failure, mark_failed, write_hparams
+from lp.resume import (
+    FIXED,
+    AtomicCheckpointIO,
+    Resumable,
+    StepCheckpoint,
+    base_reference,
+    check_base,
+    check_resume,
+    check_world_size,
+    checkpoint_dir,
+    find_checkpoint,
+    fixed_settings,
+    read_saved,
+    resumed_note,
+)
 from lp.settings import validate
 from lp.speed import SpeedUp
 from lp.strategy import KeepFrozenOriginals, gathered_state, speed_options
@@ -64,6 +79,12 @@ class RunResult:
 def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     """The whole experiment. Every setting is checked before any model loads."""
     validate(cfg)
+    # what to continue, and whether it may be continued, before anything loads or is written
+    resume_from = find_checkpoint(cfg.get("resume"), run_dir)
+    settings = fixed_settings(_flat(cfg, FIXED))
+    saved = read_saved(resume_from) if resume_from else None
+    if saved:
+        check_resume(saved, settings, resume_from)
     checkpoint = None if cfg.model.get("gguf_file") else cfg.model.name_or_path  # a GGUF is checked as one
     if checkpoint:
         check_checkpoint(str(checkpoint))
@@ -75,6 +96,26 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     # the sources are read before any model loads, so bad data settings fail first
     data = instantiate(cfg.data, tokenizer=None, _convert_="all")
     name = resolve_base(cfg.model, cfg.data)  # builds the tiny base once when no checkpoint is given
+    base = base_reference(name) if saved or cfg.callbacks.checkpoint.enabled else None
+    if saved:
+        check_base(saved, base, resume_from)
+    ckpt = cfg.callbacks.checkpoint
+    if ckpt.enabled:
+        callbacks.append(StepCheckpoint(checkpoint_dir(run_dir), ckpt.every_n_steps, ckpt.keep))
+        callbacks.append(Resumable(settings, base))
+    logger = _logger(cfg, saved["global_step"] if saved else 0)
+    trainer = instantiate(
+        cfg.trainer,
+        strategy=build_strategy(cfg.strategy, cfg.speed.activation_checkpointing),
+        precision=_precision(cfg.trainer.precision),
+        logger=logger,
+        callbacks=callbacks,
+        enable_checkpointing=ckpt.enabled,
+        plugins=[AtomicCheckpointIO()],
+    )
+    if saved:  # the Trainer knows the world size before any model loads
+        check_world_size(saved, trainer.num_nodes * trainer.num_devices, resume_from)
+        resumed_note(resume_from, saved["global_step"])
     L.seed_everything(cfg.seed, workers=True)
     model = load_model(name, cfg.model.attn, cfg.model.dtype)
     data.tokenizer = tokenizer = load_tokenizer(name)
@@ -83,19 +124,11 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
         expand_model(model, plan)
     model = prepare(model, method, cfg.method)
     module = CausalLMModule(model, plan, tuple(data.domains), method, **cfg.optim)
-    logger = instantiate(cfg.logger)
-    trainer = instantiate(
-        cfg.trainer,
-        strategy=build_strategy(cfg.strategy, module, cfg.speed.activation_checkpointing),
-        precision=_precision(cfg.trainer.precision),
-        logger=logger,
-        callbacks=callbacks,
-        enable_checkpointing=cfg.callbacks.checkpoint.enabled,
-    )
-    trainer.validate(module, datamodule=data, verbose=False)  # the pre-training baseline, at step 0
-    trainer.fit(module, datamodule=data)
+    if not saved:  # the pre-training baseline, at step 0 (a resumed run has it in the checkpoint)
+        trainer.validate(module, datamodule=data, verbose=False)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     final = _final_metrics(trainer)
-    if trainer.global_step % int(cfg.trainer.val_check_interval) != 0:
+    if not final or trainer.global_step % int(cfg.trainer.val_check_interval) != 0:
         trainer.validate(module, datamodule=data, verbose=False)
         final |= _final_metrics(trainer)  # validate() clears what fit logged (benchmarks): keep both
     if trainer.is_global_zero:
@@ -107,6 +140,32 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
         out = export_checkpoint(module, tokenizer, plan, name, run_dir / "export", state)
         print(f"lp: exported {out}\nlp: tensorboard --logdir {run_dir}")
     return RunResult(final, module, out)
+
+
+def _logger(cfg: DictConfig, step: int):
+    """TensorBoard continues a resumed run's curves: events at ``step`` and later, from
+    the run that was cut off, are dropped when read (``purge_step``); 0 for a fresh
+    start, so a run cut off before its first checkpoint leaves no duplicate step 0."""
+    if str(cfg.logger.get("_target_", "")).endswith("TensorBoardLogger"):
+        return instantiate(cfg.logger, purge_step=step)
+    return instantiate(cfg.logger)
+
+
+def _flat(cfg: DictConfig, keys) -> dict:
+    """``{dotted.leaf: value}`` for the config subtrees ``keys`` (absent ones: None)."""
+    out: dict = {}
+
+    def walk(prefix: str, v) -> None:
+        if isinstance(v, dict):
+            for k, sub in v.items():
+                walk(f"{prefix}.{k}", sub)
+        else:
+            out[prefix] = v
+
+    for key in keys:
+        v = OmegaConf.select(cfg, key, default=None)
+        walk(key, OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v)
+    return out
 
 
 def _plan_args(cfg: DictConfig) -> dict:
@@ -142,10 +201,6 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list:
     ]
     if cfg.strategy.name.startswith("deepspeed"):
         callbacks.append(KeepFrozenOriginals())  # the engine casts frozen weights too
-    if c.checkpoint.enabled:
-        callbacks.append(
-            L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
-        )
     if c.benchmark.enabled:  # the eval/ suite at step 0 and after the last step (lp.eval)
         from lp.eval.callback import BenchmarkCallback
 

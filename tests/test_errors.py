@@ -30,6 +30,17 @@ def checkpoint(tmp, config: str | None, weights: bool = False) -> list[str]:
     return ["model=hf", f"model.name_or_path={d}"]
 
 
+def resume_file(tmp, content) -> list[str]:
+    f = tmp / "step-6.ckpt"
+    if isinstance(content, bytes):
+        f.write_bytes(content)
+    else:
+        import torch
+
+        torch.save(content, f)
+    return [f"resume={f}"]
+
+
 LLAMA = json.dumps({"model_type": "llama", "num_hidden_layers": 2})
 
 # (overrides, or a function of a temporary directory giving them; what the error line must name)
@@ -86,6 +97,12 @@ TRAIN = [
     (lambda t: checkpoint(t, None), "has no config.json"),
     (lambda t: checkpoint(t, json.dumps({"model_type": "vit"}), weights=True), "not a causal language model"),
     (["model=hf", "model.name_or_path=/no/such/checkpoint"], "/no/such/checkpoint does not exist"),
+    (["callbacks.checkpoint.every_n_steps=0"], "callbacks.checkpoint.every_n_steps=0"),
+    (["callbacks.checkpoint.keep=0"], "callbacks.checkpoint.keep=0"),
+    (["resume=5"], "resume=5 is not allowed"),
+    (["resume=/no/such/step-6.ckpt"], "resume=/no/such/step-6.ckpt is not a file"),
+    (lambda t: resume_file(t, b"PK not really a checkpoint"), "cannot be read as a checkpoint"),
+    (lambda t: resume_file(t, {"state_dict": {}}), "is not a checkpoint of lp.train"),
 ]
 
 

@@ -102,7 +102,8 @@ def test_fsdp_wraps_what_the_policy_says_and_trains_on_cpu(one_process_group, me
 
     module, reference = (frozen_module(method, train_norms=train_norms) for _ in range(2))
     settings = {"name": "fsdp", "sharding_strategy": "SHARD_GRAD_OP", "cpu_offload": False}
-    strategy = build(settings, module, activation_checkpointing=True)
+    strategy = build(settings, activation_checkpointing=True)
+    strategy.connect(module)  # what the Trainer does before it sets the strategy up
     units = fsdp_units(module.model)
     layers = list(module.model.model.layers)
     wrapped = FSDP(module, sharding_strategy=strategy.sharding_strategy, device_id=torch.device("cpu"),
@@ -165,7 +166,7 @@ def test_every_trainable_parameter_gets_a_gradient_so_ddp_need_not_search():
         module(ids, ids).loss.backward()
         missing = [n for n, p in module.model.named_parameters() if p.requires_grad and p.grad is None]
         assert missing == [], method
-    ddp = build({"name": "ddp", "find_unused_parameters": False}, None)
+    ddp = build({"name": "ddp", "find_unused_parameters": False})
     assert ddp._ddp_kwargs["find_unused_parameters"] is False
 
 

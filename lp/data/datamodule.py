@@ -101,6 +101,13 @@ class MixtureDataModule(L.LightningDataModule):
                 ]
             )
 
+    def _generator(self) -> torch.Generator:
+        """A loader's own generator: each iterator it starts draws a seed, which would
+        otherwise come from torch's global one and shift training's random numbers
+        (dropout) by every evaluation; a resumed run then draws what an uninterrupted
+        one draws (lp.resume)."""
+        return torch.Generator().manual_seed(self.seed)
+
     def train_dataloader(self) -> StatefulDataLoader:
         if self.num_workers > 0:
             # workers tokenise in parallel already; the Rust thread pool would oversubscribe
@@ -110,7 +117,9 @@ class MixtureDataModule(L.LightningDataModule):
             self.sources, self.tokenizer, self.seq_len, self.seed, self.eval_fraction,
             self.reset_position_ids, rank=rank, world=world, block=self.batch_size,
         )  # fmt: skip
-        return TrainedStateLoader(data, batch_size=self.batch_size, num_workers=self.num_workers)
+        return TrainedStateLoader(
+            data, batch_size=self.batch_size, num_workers=self.num_workers, generator=self._generator()
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
         """Each rank evaluates every world-th row of each eval set; the module's
@@ -123,7 +132,11 @@ class MixtureDataModule(L.LightningDataModule):
                     "raise data.eval_tokens"
                 )
         return [
-            DataLoader(TensorDataset(self.eval_sets[d][rank::world]), batch_size=self.eval_batch_size)
+            DataLoader(
+                TensorDataset(self.eval_sets[d][rank::world]),
+                batch_size=self.eval_batch_size,
+                generator=self._generator(),
+            )
             for d in self.domains
         ]
 

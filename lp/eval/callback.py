@@ -52,7 +52,8 @@ class BenchmarkCallback(L.Callback):
 
     # step 0: on_train_start runs outside the validation loop's inference mode
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._evaluate(trainer, pl_module)
+        if trainer.global_step == 0:  # a resumed run has its step-0 scores (state_dict)
+            self._evaluate(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every and trainer.global_step % self.every == 0:
