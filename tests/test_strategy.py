@@ -5,6 +5,7 @@ runs are marked ``gpu``."""
 
 import math
 import os
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -199,31 +200,69 @@ CURVES = ("train/loss", "val/code/loss", "val/math/loss", "val/general/loss", "f
           "perf/trainable_params")  # fmt: skip
 
 
-def test_two_process_ddp_matches_one_process_with_the_same_global_batch(lp_cache, tmp_path):
-    """2 ranks x 2 rows (gloo) against 1 process x 4 rows: the same rows train, so the runs differ
-    only in float32 summation order (gradients all-reduced, eval sums over ranks). Measured
-    (4 steps, 3 evaluations): every curve within 4.8e-7 (one float32 ulp at 5.x), export
-    tensors within 1.5e-8 (91 of 147 bitwise equal). Another batch (data.seed=1) moves
-    train/loss by 0.5, the eval losses by >= 1.4e-2, forgetting by 5e-4 and the export by
-    7.8e-4; so 1e-5 and 1e-6 separate the two by orders of magnitude. Turned red by: rank 0's
-    loss logged alone (no sync_dist), ranks reading the same rows, eval metrics not summed."""
-    common = ["lp.train", "debug=smoke", "trainer.max_steps=4", "trainer.val_check_interval=2"]
-    one = run_lp([*common, "data.batch_size=4", f"hydra.run.dir={tmp_path / 'one'}"], lp_cache, ROOT)
-    assert one.returncode == 0, one.stderr[-3000:]
-    ddp = ["strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "data.batch_size=2"]
-    two = run_lp([*common, *ddp, f"hydra.run.dir={tmp_path / 'two'}"], lp_cache, ROOT)
-    assert two.returncode == 0, two.stderr[-3000:]
-    a, b = scalars(tmp_path / "one"), scalars(tmp_path / "two")
+SMOKE = ["lp.train", "debug=smoke", "trainer.max_steps=4", "trainer.val_check_interval=2"]
+DDP = ["strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "data.batch_size=2"]
+CHECKPOINTS = ["callbacks.checkpoint.enabled=true", "callbacks.checkpoint.every_n_steps=2",
+               "callbacks.checkpoint.keep=null"]  # fmt: skip
+
+
+def lp_run(args: list[str], run_dir, cache) -> str:
+    res = run_lp([*SMOKE, *args, f"hydra.run.dir={run_dir}"], cache, ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stderr
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(lp_cache, tmp_path_factory):
+    """One process x 4 rows; 2 ranks x 2 rows (gloo) with a checkpoint every 2 steps; and that
+    DDP run resumed from its middle checkpoint (step 2: its run directory as a killed run would
+    leave it, events up to step 4 included, which the resume purges)."""
+    out = tmp_path_factory.mktemp("ddp")
+    lp_run(["data.batch_size=4"], out / "one", lp_cache)
+    lp_run([*DDP, *CHECKPOINTS], out / "two", lp_cache)
+    (out / "resumed" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(out / "two" / "tb", out / "resumed" / "tb")
+    shutil.copy(out / "two" / "checkpoints" / "step-2.ckpt", out / "resumed" / "checkpoints")
+    log = lp_run([*DDP, *CHECKPOINTS, "resume=auto"], out / "resumed", lp_cache)
+    assert "(step 2)" in log, log[-2000:]
+    return out
+
+
+def curves(run_dir) -> dict[str, list[tuple[int, float]]]:
+    acc = scalars(run_dir)
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in CURVES}
+
+
+def exported(run_dir) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "export" / "model.safetensors")
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(ddp_runs):
+    """2 ranks x 2 rows against 1 process x 4 rows: the same rows train, so the runs differ only
+    in float32 summation order (gradients all-reduced, eval sums over ranks). Measured (4 steps,
+    3 evaluations): every curve within 4.8e-7 (one float32 ulp at 5.x), export tensors within
+    1.5e-8 (91 of 147 bitwise equal). Another batch (data.seed=1) moves train/loss by 0.5, the
+    eval losses by >= 1.4e-2, forgetting by 5e-4 and the export by 7.8e-4; so 1e-5 and 1e-6
+    separate the two by orders of magnitude. Turned red by: rank 0's loss logged alone (no
+    sync_dist), ranks reading the same rows, eval metrics not summed over ranks."""
+    a, b = curves(ddp_runs / "one"), curves(ddp_runs / "two")
     for tag in CURVES:
-        x, y = a.Scalars(tag), b.Scalars(tag)
-        assert [e.step for e in x] == [e.step for e in y], tag
-        for e, f in zip(x, y, strict=True):
-            assert math.isclose(e.value, f.value, rel_tol=0, abs_tol=1e-5), (tag, e.step, e.value, f.value)
-    assert len(a.Scalars("train/loss")) == 4 and len(a.Scalars("val/code/loss")) == 3
-    wa, wb = (load_file(tmp_path / d / "export" / "model.safetensors") for d in ("one", "two"))
+        assert [s for s, _ in a[tag]] == [s for s, _ in b[tag]], tag
+        for (step, x), (_, y) in zip(a[tag], b[tag], strict=True):
+            assert math.isclose(x, y, rel_tol=0, abs_tol=1e-5), (tag, step, x, y)
+    assert len(a["train/loss"]) == 4 and len(a["val/code/loss"]) == 3
+    wa, wb = exported(ddp_runs / "one"), exported(ddp_runs / "two")
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_a_ddp_run_resumed_from_its_middle_checkpoint_is_identical(ddp_runs):
+    """Every rank resumes from rank 0's checkpoint (model, optimizer, loader position, which
+    rank_share makes the same on every rank): bit-identical curves and export."""
+    assert curves(ddp_runs / "resumed") == curves(ddp_runs / "two")
+    wa, wb = exported(ddp_runs / "two"), exported(ddp_runs / "resumed")
+    assert wa.keys() == wb.keys() and [k for k in wa if not torch.equal(wa[k], wb[k])] == []
 
 
 @pytest.mark.gpu
