@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lp.errors import LpError
 from lp.expansion import decoder_layers
 from lp.methods import is_added
+from lp.strategy import is_sharded
 
 
 class FreezeCallback(BaseFinetuning):
@@ -111,10 +112,12 @@ def find_non_identity_blocks(pl_module, input_ids: torch.Tensor, trainer=None) -
         return fn
 
     handles = [layers[j].register_forward_hook(hook(j), with_kwargs=True) for j in pl_module.plan.new_layers]
+    # a sharded model computes only through its root wrapper, which gathers the shards
+    root = trainer.strategy.model if trainer is not None and is_sharded(trainer) else None
     try:
         ctx = trainer.precision_plugin.forward_context() if trainer else contextlib.nullcontext()
         with torch.no_grad(), ctx:
-            pl_module.model(input_ids=input_ids)
+            root(input_ids) if root is not None else pl_module.model(input_ids=input_ids)
     finally:
         for h in handles:
             h.remove()

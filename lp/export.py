@@ -9,16 +9,19 @@ from lp.checkpoints import EXPANSION_FILE
 from lp.expansion import ExpansionPlan
 
 
-def export_checkpoint(module, tokenizer, plan: ExpansionPlan, base_model: str, out: Path) -> Path:
+def export_checkpoint(
+    module, tokenizer, plan: ExpansionPlan, base_model: str, out: Path, state: dict | None = None
+) -> Path:
     """``module``'s model as an ordinary Hugging Face checkpoint (``export_weights``):
     safetensors weights + config + tokenizer + ``lp_expansion.json`` in ``out``.
 
     Built in a temporary sibling directory and renamed at the end, so ``out``
     either holds a complete checkpoint or does not exist; an older export goes
-    only once this one is complete.
+    only once this one is complete. ``state``: the full state dict a sharded
+    strategy gathered (``lp.strategy.gathered_state``).
     """
     with staged_dir(out, replace=True) as tmp:
-        model, weights = module.export_weights()
+        model, weights = module.export_weights(state)
         model.save_pretrained(tmp, state_dict=weights)
         tokenizer.save_pretrained(tmp)
         (tmp / EXPANSION_FILE).write_text(plan.to_json(base_model=base_model) + "\n")

@@ -11,6 +11,7 @@ import math
 import lightning as L
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import GradClipAlgorithmType
 from torchmetrics.aggregation import MeanMetric
 from transformers import get_cosine_schedule_with_warmup
@@ -56,11 +57,12 @@ class CausalLMModule(L.LightningModule):
         # saved in checkpoints so a resumed run keeps measuring against the same base
         self.register_buffer("baseline_general", torch.tensor(float("nan")))
 
-    def export_weights(self) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    def export_weights(self, state: dict | None = None) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
         """An ordinary Hugging Face model (class and config) and the weights that make it
         compute what this module's model computes now, frozen weights as loaded
-        (``lp.methods.export_weights``). Changes nothing, so any stage may ask any time."""
-        return export_weights(self.model, self.method, self.originals)
+        (``lp.methods.export_weights``). Changes nothing, so any stage may ask any time.
+        ``state``: the model's full state dict where a strategy shards it (``lp.strategy``)."""
+        return export_weights(self.model, self.method, self.originals, state)
 
     def forward(self, input_ids: torch.Tensor, labels=None, position_ids=None):
         # no KV cache in training or evaluation: it would be built and thrown away every step
@@ -69,7 +71,8 @@ class CausalLMModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         ids, labels = _inputs(batch)
         loss = self(ids, labels, batch.get("position_ids")).loss
-        self.log("train/loss", loss, prog_bar=True, batch_size=ids.shape[0])
+        # averaged over ranks: each rank's mean over equally many tokens, so the global batch's mean
+        self.log("train/loss", loss, prog_bar=True, batch_size=ids.shape[0], sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -114,12 +117,15 @@ class CausalLMModule(L.LightningModule):
                 # norms and biases are not decayed (standard for LLaMA-style training)
                 (no_decay if p.ndim < 2 else decay).append(p)
         groups = [
-            {"params": decay, "weight_decay": self.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            {"params": params, "weight_decay": wd}
+            for params, wd in ((decay, self.weight_decay), (no_decay, 0.0))
+            if params  # an empty group (LoRA has no 1-d parameters) breaks DeepSpeed's flattening
         ]
         # fused AdamW: one kernel for all tensors (CUDA and CPU) instead of a loop over them;
-        # not with fp16's gradient scaler, which must unscale before clipping
-        fused = _grad_scaler(self.trainer) is None
+        # not with fp16's gradient scaler, which must unscale before clipping, nor under DeepSpeed,
+        # whose engine steps the optimizer on its own flattened partitions
+        engine = isinstance(getattr(self.trainer, "strategy", None), DeepSpeedStrategy)
+        fused = _grad_scaler(self.trainer) is None and not engine
         opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, fused=fused)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         sched = get_cosine_schedule_with_warmup(opt, math.ceil(self.warmup_ratio * total), total)
@@ -128,7 +134,12 @@ class CausalLMModule(L.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Lightning's mixed-precision plugin refuses to clip for a fused optimizer,
         since the fused step unscales fp16 gradients itself. In bf16 there is no
-        scaler and so nothing to unscale: clip the way Lightning does in fp32."""
+        scaler and so nothing to unscale: clip the way Lightning does in fp32.
+        Under FSDP the norm is over all shards: FSDP's own ``clip_grad_norm_`` on the
+        root unit (Lightning's FSDP plugin refuses norm clipping for want of it)."""
+        if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
         plugin = self.trainer.precision_plugin
         if gradient_clip_val and isinstance(plugin, MixedPrecision) and _grad_scaler(self.trainer) is None:
             algorithm = GradClipAlgorithmType(gradient_clip_algorithm or "norm")

@@ -109,6 +109,7 @@ def rules() -> dict[str, Check]:
     """Setting -> check, for every numeric and enumerated setting of every group."""
     from lp.methods import METHODS
     from lp.speed import CHOICES
+    from lp.strategy import SHARDING, STRATEGIES
 
     tiny = {
         "num_layers": integer(1), "hidden_size": integer(1), "num_heads": integer(1),
@@ -172,6 +173,15 @@ def rules() -> dict[str, Check]:
         "trainer.precision": choice("auto", *lightning_precisions()),
         "trainer.accelerator": choice("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
         "trainer.devices": devices,
+        "trainer.num_nodes": integer(1),
+        "trainer.use_distributed_sampler": choice(False),  # lp.data shards for the ranks itself
+        "strategy.name": choice(*STRATEGIES),
+        "strategy.find_unused_parameters": boolean,
+        "strategy.sharding_strategy": choice(*SHARDING),
+        "strategy.cpu_offload": boolean,
+        "strategy.stage": choice(2, 3),
+        "strategy.offload_optimizer": boolean,
+        "strategy.offload_parameters": boolean,
         "inspect.batches": integer(1),  # python -m lp.data
     }
 
@@ -191,6 +201,8 @@ def lightning_precisions() -> tuple:
 
 # settings that are no longer settings, and what decides instead
 RETIRED = {
+    "trainer.strategy": "the strategy is chosen with strategy=single, ddp, fsdp, deepspeed_zero2 or "
+    "deepspeed_zero3 (lp.strategy configures Lightning's for expanded models)",
     "callbacks.freeze.trainable": "which parameters train is the method's choice: method=block_expansion "
     "(new blocks), expand_full or full_finetune (all), lora or moe (the parameters they add)",
 }
@@ -214,6 +226,10 @@ def validate(cfg: Mapping) -> None:
         allowed = check(value)
         if allowed is not None:
             raise LpError(f"{key}={_show_value(value)} is not allowed; allowed: {allowed}")
+    if OmegaConf.select(cfg, "strategy.name", default=None) is not None:
+        from lp.strategy import check as check_strategy
+
+        check_strategy(cfg)  # across settings: devices, accelerator, installed engines
 
 
 _ABSENT = object()

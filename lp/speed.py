@@ -78,7 +78,9 @@ class SpeedUp(Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.applied is None:
             device = trainer.strategy.root_device
-            originals = pl_module.originals if self.keep_originals else None
+            # only rank 0 exports: the other ranks need not hold the full-precision copies
+            keep = self.keep_originals and trainer.is_global_zero
+            originals = pl_module.originals if keep else None
             self.applied = speed_up(pl_module.model, trainer.precision, device, originals, **self.options)
             log.info("lp speed options: %s", self.applied)
 

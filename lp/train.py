@@ -45,6 +45,8 @@ from lp.resume import (
 )
 from lp.settings import validate
 from lp.speed import SpeedUp
+from lp.strategy import KeepFrozenOriginals, gathered_state, speed_options
+from lp.strategy import build as build_strategy
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="train")
@@ -106,6 +108,7 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     logger = _logger(cfg, saved["global_step"] if saved else 0)
     trainer = instantiate(
         cfg.trainer,
+        strategy=build_strategy(cfg.strategy, cfg.speed.activation_checkpointing),
         precision=_precision(cfg.trainer.precision),
         logger=logger,
         callbacks=callbacks,
@@ -130,10 +133,13 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     if not final or trainer.global_step % int(cfg.trainer.val_check_interval) != 0:
         trainer.validate(module, datamodule=data, verbose=False)
         final |= _final_metrics(trainer)  # validate() clears what fit logged (benchmarks): keep both
-    write_hparams(logger.log_dir, _hparams(cfg, plan), sorted(final))
+    if trainer.is_global_zero:
+        write_hparams(logger.log_dir, _hparams(cfg, plan), sorted(final))
     out = None
+    # every rank takes part in gathering a sharded model; rank 0 writes the one export
+    state = gathered_state(trainer, module) if cfg.export else None
     if cfg.export and trainer.is_global_zero:
-        out = export_checkpoint(module, tokenizer, plan, name, run_dir / "export")
+        out = export_checkpoint(module, tokenizer, plan, name, run_dir / "export", state)
         print(f"lp: exported {out}\nlp: tensorboard --logdir {run_dir}")
     return RunResult(final, module, out)
 
@@ -192,8 +198,11 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list:
         FreezeCallback(**c.freeze),  # trains what the module's method trains, plus these options
         IdentityCheck(**c.identity_check),
         Throughput(**c.throughput),
-        SpeedUp(**cfg.speed),  # after the freeze callback: it reads which parameters train
+        # after the freeze callback: it reads which parameters train; what the strategy owns steps aside
+        SpeedUp(**speed_options(cfg.strategy.name, cfg.speed)),
     ]
+    if cfg.strategy.name.startswith("deepspeed"):
+        callbacks.append(KeepFrozenOriginals())  # the engine casts frozen weights too
     if c.benchmark.enabled:  # the eval/ suite at step 0 and after the last step (lp.eval)
         from lp.eval.callback import BenchmarkCallback
 

@@ -77,6 +77,17 @@ TRAIN = [
     (["method=expand_full", "callbacks.freeze.trainable=new_blocks"], "callbacks.freeze.trainable"),
     (["+callbacks.freeze.trainable=new_blocks"], "callbacks.freeze.trainable is not a setting"),
     (["model=nope"], "model/nope"),
+    (["strategy=fsdp"], "strategy=fsdp needs CUDA GPUs"),  # this machine has none (CI neither)
+    (["strategy=deepspeed_zero3"], "strategy=deepspeed_zero3 needs"),  # CUDA, or DeepSpeed where CUDA is
+    (["trainer.devices=2"], "strategy=single runs on one device"),
+    (["method=lora", "strategy=fsdp"], "method=lora does not combine with strategy=fsdp"),
+    (["strategy=fsdp", "strategy.sharding_strategy=HALF"], "strategy.sharding_strategy='HALF'"),
+    (["strategy=ddp", "strategy.find_unused_parameters=maybe"], "strategy.find_unused_parameters='maybe'"),
+    (["strategy=deepspeed_zero2", "strategy.stage=4"], "strategy.stage=4"),
+    (["strategy=nope"], "strategy/nope"),
+    (["+trainer.strategy=ddp"], "trainer.strategy is not a setting"),
+    (["trainer.num_nodes=0"], "trainer.num_nodes=0"),
+    (["trainer.use_distributed_sampler=true"], "trainer.use_distributed_sampler=true"),
     # raised inside Hydra's instantiate: the line is lp's own, not Hydra's wrapper
     (["+data.sources.extra={kind: math, weight: 0}"], "error: data source 'extra': weight=0"),
     (lambda t: local_data(t, ""), "error: data source 'code': "),  # ... code.jsonl is empty

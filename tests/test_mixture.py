@@ -25,8 +25,8 @@ def numbered(tmp_path, name, n, field="text", fmt="doc {i} of {name}: " + "word 
     return f
 
 
-def mixture(tokenizer, sources, seq_len=32, seed=0):  # noqa: F811
-    return PackedMixture(sources, tokenizer, seq_len, seed, eval_fraction=0.05)
+def mixture(tokenizer, sources, seq_len=32, seed=0, **share):  # noqa: F811
+    return PackedMixture(sources, tokenizer, seq_len, seed, eval_fraction=0.05, **share)
 
 
 def offline_sources():
@@ -102,13 +102,22 @@ def test_shards_read_disjoint_documents(tokenizer, tmp_path):  # noqa: F811
     assert not (seen[0] & seen[1]) and not (seen[1] & seen[2]) and not (seen[0] & seen[2])
 
 
-def test_ranks_and_workers_get_distinct_shards(monkeypatch):
-    import lp.data.packing as packing
-
-    monkeypatch.setattr(packing.dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(packing.dist, "get_rank", lambda: 1)
-    monkeypatch.setattr(packing.dist, "get_world_size", lambda: 4)
-    assert packing.shard_index() == (1, 4)
+def test_ranks_share_each_global_batch_in_blocks(tokenizer):  # noqa: F811
+    """Ranks keep consecutive blocks of the one-process stream: their batches, side
+    by side, are the one-process batches of world x block rows, and every rank's
+    recorded position is the one-process position after those rows."""
+    single = mixture(tokenizer, offline_sources())
+    one = list(itertools.islice(iter(single), 12))
+    shares = [mixture(tokenizer, offline_sources(), rank=r, world=3, block=2) for r in range(3)]
+    ranks = [list(itertools.islice(iter(ds), 4)) for ds in shares]
+    for step in range(2):
+        side_by_side = [row for r in range(3) for row in ranks[r][2 * step : 2 * step + 2]]
+        same = [
+            torch.equal(a["input_ids"], b["input_ids"])
+            for a, b in zip(side_by_side, one[6 * step : 6 * step + 6], strict=True)
+        ]
+        assert same == [True] * 6
+    assert all(ds.state_dict() == single.state_dict() for ds in shares)
 
 
 def test_boundary_aware_position_ids():

@@ -118,20 +118,38 @@ class MixtureDataModule(L.LightningDataModule):
             # workers tokenise in parallel already; the Rust thread pool would oversubscribe
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         seed = train_order_seed(self.seed, self.train_seed)
+        rank, world = self._rank()
         data = PackedMixture(
-            self.sources, self.tokenizer, self.seq_len, seed, self.eval_fraction, self.reset_position_ids
-        )
+            self.sources, self.tokenizer, self.seq_len, seed, self.eval_fraction,
+            self.reset_position_ids, rank=rank, world=world, block=self.batch_size,
+        )  # fmt: skip
         return TrainedStateLoader(
             data, batch_size=self.batch_size, num_workers=self.num_workers, generator=self._generator()
         )
 
     def val_dataloader(self) -> list[DataLoader]:
+        """Each rank evaluates every world-th row of each eval set; the module's
+        metrics sum over ranks, so the values are the one-process ones."""
+        rank, world = self._rank()
+        for d in self.domains:
+            if len(self.eval_sets[d]) < world:
+                raise LpError(
+                    f"eval set {d!r} has {len(self.eval_sets[d])} rows, fewer than the {world} ranks; "
+                    "raise data.eval_tokens"
+                )
         return [
             DataLoader(
-                TensorDataset(self.eval_sets[d]), batch_size=self.eval_batch_size, generator=self._generator()
+                TensorDataset(self.eval_sets[d][rank::world]),
+                batch_size=self.eval_batch_size,
+                generator=self._generator(),
             )
             for d in self.domains
         ]
+
+    def _rank(self) -> tuple[int, int]:
+        """(global rank, world size) of the Trainer this module serves; (0, 1) without one."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
 
 def train_order_seed(seed: int, train_seed: int) -> int:

@@ -8,7 +8,6 @@ from collections import deque
 from collections.abc import Iterator
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
 from lp.data.sources import Source, is_eval, split
@@ -75,15 +74,22 @@ class PackedMixture(IterableDataset):
     to its weight, so realised *token* shares follow the weights (sampling
     documents would bias shares towards sources with long documents). Rows are
     cut from each source's own EOS-joined token stream: no padding, so no label
-    is ever -100. Every rank and dataloader worker reads a disjoint shard.
+    is ever -100. Every dataloader worker reads a disjoint shard.
+
+    Under data parallelism (``world`` > 1) every rank reads the one-process stream
+    and keeps its block of ``block`` rows out of each ``block * world`` (``rank_share``):
+    the global batch is the batch a one-process run with ``block * world`` rows
+    reads, for any world size, and every rank's position is the same.
 
     ``state_dict``/``load_state_dict`` (called by torchdata's StatefulDataLoader,
     which Lightning saves in its checkpoints) make it resumable mid-stream.
     """
 
     def __init__(self, sources: list[Source], tokenizer, seq_len: int, seed: int, eval_fraction: float,
-                 reset_position_ids: bool = False):  # fmt: skip
+                 reset_position_ids: bool = False, rank: int = 0, world: int = 1,
+                 block: int = 1):  # fmt: skip
         self.sources, self.tokenizer = sources, tokenizer
+        self.rank, self.world, self.block = rank, world, block
         self.seq_len, self.seed, self.eval_fraction = seq_len, seed, eval_fraction
         self.reset_position_ids = reset_position_ids
         self._resume: dict | None = None
@@ -96,6 +102,10 @@ class PackedMixture(IterableDataset):
         self._resume = dict(state) if state else None
 
     def __iter__(self) -> Iterator[dict]:
+        rows = self._rows()
+        return rank_share(rows, self.rank, self.world, self.block) if self.world > 1 else rows
+
+    def _rows(self) -> Iterator[dict]:
         shard, nshards = shard_index()
         state, self._resume = self._resume, None
         rng = random.Random(f"{self.seed}/{shard}")
@@ -118,13 +128,24 @@ class PackedMixture(IterableDataset):
 
 
 def shard_index() -> tuple[int, int]:
-    """(this shard, number of shards) over distributed ranks x dataloader workers."""
-    rank, world = (
-        (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    )
+    """(this shard, number of shards) over dataloader workers. Ranks do not shard
+    the stream: they share each global batch (``rank_share``)."""
     info = get_worker_info()
-    wid, workers = (info.id, info.num_workers) if info else (0, 1)
-    return rank * workers + wid, world * workers
+    return (info.id, info.num_workers) if info else (0, 1)
+
+
+def rank_share(rows: Iterator, rank: int, world: int, block: int) -> Iterator:
+    """This rank's ``block`` rows out of each ``block * world`` consecutive rows.
+
+    The whole group is drawn before any of it is yielded, so a stream's recorded
+    position (``PackedMixture.state_dict``) is the end of the group on every
+    rank: rank 0's loader state resumes them all. Hand-written: Lightning's
+    distributed sampler works on indexable datasets only."""
+    while True:
+        group = list(itertools.islice(rows, block * world))
+        if len(group) < block * world:
+            return
+        yield from group[rank * block : (rank + 1) * block]
 
 
 def document_positions(ids: torch.Tensor, eos: int) -> torch.Tensor:

@@ -82,7 +82,10 @@ def is_added(name: str) -> bool:
 
 
 def export_weights(
-    model, method: Method, originals: Mapping[str, torch.Tensor] | None = None
+    model,
+    method: Method,
+    originals: Mapping[str, torch.Tensor] | None = None,
+    state: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     """An ordinary Hugging Face model of the base's architecture (for its class and
     config) and the weights that make it compute what ``model`` computes now.
@@ -90,10 +93,13 @@ def export_weights(
     ``originals``: full-precision tensors, by parameter name, of frozen weights
     that training stores in lower precision (``lp.speed``); they replace the
     stored ones, so frozen weights go out exactly as loaded. ``model`` itself is
-    not changed, so this can be asked for at any time during training.
+    not changed, so this can be asked for at any time during training. ``state``:
+    the model's full state dict gathered from a sharded strategy's shards
+    (``lp.strategy.gathered_state``), read instead of the model's own.
     """
     originals = originals or {}
-    weights = {k: originals.get(k, v) for k, v in model.state_dict().items()}
+    state = model.state_dict() if state is None else state
+    weights = {k: originals.get(k, v) for k, v in state.items()}
     if method.name == "lora":
         return _lora_export(model, weights)
     if method.name == "moe":

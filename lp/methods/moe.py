@@ -53,9 +53,13 @@ def fold(original: dict[str, torch.Tensor], new: dict[str, torch.Tensor], logits
 def fold_state_dict(model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``weights`` (the model's state dict) with every ``MixedDownProj`` folded into
     the plain ``down_proj`` of the base architecture; the model is not changed."""
+    from torch.distributed.fsdp._common_utils import clean_tensor_name
+
     out = dict(weights)
-    for name, module in model.named_modules():
+    for wrapped_name, module in model.named_modules():
         if isinstance(module, MixedDownProj):
+            # under FSDP module names carry its wrappers' prefixes; gathered state dict keys do not
+            name = clean_tensor_name(wrapped_name)
             keys = [k for k in ("weight", "bias") if f"{name}.original.{k}" in weights]
             original = {k: out.pop(f"{name}.original.{k}") for k in keys}
             new = {k: out.pop(f"{name}.moe_down.{k}") for k in keys}
