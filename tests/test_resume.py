@@ -149,7 +149,7 @@ def files(d):
         ("expansion.blocks=2", "expansion.blocks=2 differs from 8"),
         ("method=expand_full", "method.name='expand_full' differs from 'block_expansion'"),
         ("data.sources.math.weight=2.0", "data.sources.math.weight=2.0 differs from 1.0"),
-        ("trainer.devices=2", "written by 1 processes, this run has 2"),
+        ("strategy=ddp trainer.devices=2", "written by 1 processes, this run has 2"),
         ("resume=null", "resume=null but"),
     ],
 )
@@ -159,7 +159,7 @@ def test_a_resume_refuses_a_changed_fixed_setting_in_one_line(
     out = resume_dir(reference[0], tmp_path)
     before = files(out)
     monkeypatch.setenv("LP_CACHE", str(lp_cache))
-    code = hydra_cli("lp.train", [*SHORT, override, f"hydra.run.dir={out}"], monkeypatch)
+    code = hydra_cli("lp.train", [*SHORT, *override.split(), f"hydra.run.dir={out}"], monkeypatch)
     check_one_line(code, capsys.readouterr().err, message)
     assert files(out) == before  # the run directory is kept, nothing in it written
 
