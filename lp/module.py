@@ -70,7 +70,7 @@ class CausalLMModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         ids, labels = _inputs(batch)
-        loss = self(ids, labels).loss
+        loss = self(ids, labels, batch.get("position_ids") if isinstance(batch, dict) else None).loss
         predicted = (labels[:, 1:] != -100).sum()
         self.val_loss[self.domains[dataloader_idx]].update(loss.float(), weight=predicted)
 
@@ -129,5 +129,5 @@ def _grad_scaler(trainer):
 def _inputs(batch) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(batch, dict):
         return batch["input_ids"], batch["labels"]
-    (ids,) = batch  # eval sets: packed rows, every position is a target
+    (ids,) = batch  # text eval sets: packed rows, every position is a target
     return ids, ids

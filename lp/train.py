@@ -1,4 +1,5 @@
-"""``python -m lp.train``: expand a base model, train it, measure forgetting, export.
+"""``python -m lp.train``: expand a base model, train it, measure forgetting, export;
+with ``stage=sft``, instruction-tune a checkpoint as it is (``lp.sft``).
 
 The Hydra entry point; the only module that knows about the config tree.
 """
@@ -27,7 +28,8 @@ from lp.methods import get_method, prepare
 from lp.models import declared_layers, load_model, load_tokenizer, resolve_base
 from lp.module import CausalLMModule
 from lp.record import METRIC_FAMILIES, SETTINGS, clear_failure, mark_failed, write_hparams
-from lp.settings import validate
+from lp.settings import plain, validate
+from lp.sft import ChatSamples, ChatStats, sft_method, sft_plan, stage_record
 from lp.speed import SpeedUp
 
 
@@ -67,17 +69,24 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
         check_checkpoint(str(checkpoint))
     # an already expanded checkpoint (lp.expand, an lp export) trains its recorded new blocks
     recorded = read_expansion(str(checkpoint)) if checkpoint else None
-    plan_args = None if recorded else _plan_args(cfg)
-    method = get_method(cfg.method.name, recorded.blocks if recorded else plan_args["blocks"])
+    sft = cfg.stage.name == "sft"  # trains the checkpoint as it is: never expands
+    plan_args = None if recorded or sft else _plan_args(cfg)
+    if sft:
+        method = sft_method(cfg.method.name, recorded, checkpoint)
+    else:
+        method = get_method(cfg.method.name, recorded.blocks if recorded else plan_args["blocks"])
     callbacks = _callbacks(cfg, run_dir)  # validates their settings before anything expensive
     # the sources are read before any model loads, so bad data settings fail first
     data = instantiate(cfg.data, tokenizer=None, _convert_="all")
     name = resolve_base(cfg.model, cfg.data)  # builds the tiny base once when no checkpoint is given
     L.seed_everything(cfg.seed, workers=True)
     model = load_model(name, cfg.model.attn, cfg.model.dtype)
-    data.tokenizer = tokenizer = load_tokenizer(name)
-    plan = recorded or make_plan(model.config.num_hidden_layers, **plan_args)
-    if not recorded:
+    tokenizer = data.use_tokenizer(load_tokenizer(name), name)  # chat data: with a chat template
+    if sft:
+        plan = sft_plan(recorded, model.config.num_hidden_layers)
+    else:
+        plan = recorded or make_plan(model.config.num_hidden_layers, **plan_args)
+    if not recorded and not sft:
         expand_model(model, plan)
     model = prepare(model, method, cfg.method)
     module = CausalLMModule(model, plan, tuple(data.domains), method, **cfg.optim)
@@ -98,7 +107,8 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     write_hparams(logger.log_dir, _hparams(cfg, plan), sorted(final))
     out = None
     if cfg.export and trainer.is_global_zero:
-        out = export_checkpoint(module, tokenizer, plan, name, run_dir / "export")
+        record = stage_record(cfg.stage.name, checkpoint, plain(cfg.data), trainer.global_step, method.name)
+        out = export_checkpoint(module, tokenizer, plan, name, run_dir / "export", record)
         print(f"lp: exported {out}\nlp: tensorboard --logdir {run_dir}")
     return RunResult(final, module, out)
 
@@ -133,6 +143,8 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list:
         Throughput(**c.throughput),
         SpeedUp(**cfg.speed),  # after the freeze callback: it reads which parameters train
     ]
+    if cfg.stage.name == "sft":
+        callbacks += [ChatSamples(**cfg.stage.samples), ChatStats()]
     if c.checkpoint.enabled:
         callbacks.append(
             L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)

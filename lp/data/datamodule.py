@@ -77,6 +77,11 @@ class MixtureDataModule(L.LightningDataModule):
         self.seed, self.num_workers, self.reset_position_ids = seed, num_workers, reset_position_ids
         self.eval_sets: dict[str, torch.Tensor] = {}
 
+    def use_tokenizer(self, tokenizer, name: str):
+        """Set the tokenizer (plain text needs nothing more of it)."""
+        self.tokenizer = tokenizer
+        return tokenizer
+
     @property
     def domains(self) -> list[str]:
         """Eval domains, in val-dataloader order."""
