@@ -79,9 +79,9 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     # the sources are read before any model loads, so bad data settings fail first
     data = instantiate(cfg.data, tokenizer=None, _convert_="all")
     name = resolve_base(cfg.model, cfg.data)  # builds the tiny base once when no checkpoint is given
+    tokenizer = data.use_tokenizer(load_tokenizer(name), name)  # chat data: with a chat template
     L.seed_everything(cfg.seed, workers=True)
     model = load_model(name, cfg.model.attn, cfg.model.dtype)
-    tokenizer = data.use_tokenizer(load_tokenizer(name), name)  # chat data: with a chat template
     if sft:
         plan = sft_plan(recorded, model.config.num_hidden_layers)
     else:

@@ -68,7 +68,7 @@ def _files(name: str, cfg: dict, common: dict) -> Conversations:
             raise LpError(f"chat source {name!r}: {p} is empty")
     streams = [_stream(name, dict(path=BUILDERS[Path(p).suffix], data_files=[p]), p) for p in paths]
     for path, ds in zip(paths, streams, strict=True):
-        if not any(True for _ in _checked(ds, path, None)):
+        if sum(1 for _ in _checked(ds, path, None)) == 0:  # every row read and checked
             raise LpError(f"chat source {name!r}: {path} holds no rows")
     return _shuffled(name, cfg, streams, paths)
 
