@@ -118,7 +118,11 @@ def test_packed_conversations_score_as_each_alone(tok, attn):
     tok = with_template(tok, DEFAULT_TEMPLATE)
     model = tiny_llama(2, vocab_size=len(tok), attn_implementation=attn)
     a = render(tok, TALK)
-    b = render(tok, [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}])
+    # b opens with an assistant turn, so its first token has a label: packed, the token before it
+    # (a's last) must not learn to predict it
+    b = render(tok, [{"role": "assistant", "content": "Welcome."}, {"role": "user", "content": "Hi there"},
+                     {"role": "assistant", "content": "Hello!"}])  # fmt: skip
+    assert b.labels[0] != IGNORE
     row = pad_row([a, b], len(a.input_ids) + len(b.input_ids) + 5, tok.pad_token_id, positions=True)
     with torch.no_grad():
         packed = per_token_losses(model, row["input_ids"], row["labels"], row["position_ids"])
