@@ -10,10 +10,17 @@ from lp.expansion import ExpansionPlan
 
 
 def export_checkpoint(
-    module, tokenizer, plan: ExpansionPlan, base_model: str, out: Path, state: dict | None = None
+    module,
+    tokenizer,
+    plan: ExpansionPlan,
+    base_model: str,
+    out: Path,
+    state: dict | None = None,
+    record: dict | None = None,
 ) -> Path:
     """``module``'s model as an ordinary Hugging Face checkpoint (``export_weights``):
-    safetensors weights + config + tokenizer + ``lp_expansion.json`` in ``out``.
+    safetensors weights + config + tokenizer (with its chat template, if it has one) +
+    ``lp_expansion.json`` in ``out``: the plan, ``base_model`` and ``record`` (the stages).
 
     Built in a temporary sibling directory and renamed at the end, so ``out``
     either holds a complete checkpoint or does not exist; an older export goes
@@ -24,5 +31,5 @@ def export_checkpoint(
         model, weights = module.export_weights(state)
         model.save_pretrained(tmp, state_dict=weights)
         tokenizer.save_pretrained(tmp)
-        (tmp / EXPANSION_FILE).write_text(plan.to_json(base_model=base_model) + "\n")
+        (tmp / EXPANSION_FILE).write_text(plan.to_json(**{"base_model": base_model, **(record or {})}) + "\n")
     return Path(out)

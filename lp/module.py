@@ -77,7 +77,7 @@ class CausalLMModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         ids, labels = _inputs(batch)
-        out = self(ids, labels)
+        out = self(ids, labels, batch.get("position_ids") if isinstance(batch, dict) else None)
         predicted = (labels[:, 1:] != -100).sum()
         domain = self.domains[dataloader_idx]
         self.val_loss[domain].update(out.loss.float(), weight=predicted)
@@ -156,5 +156,5 @@ def _grad_scaler(trainer):
 def _inputs(batch) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(batch, dict):
         return batch["input_ids"], batch["labels"]
-    (ids,) = batch  # eval sets: packed rows, every position is a target
+    (ids,) = batch  # text eval sets: packed rows, every position is a target
     return ids, ids

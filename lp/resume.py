@@ -62,6 +62,11 @@ FIXED = (
     "data.seed",
     "data.reset_position_ids",
     "trainer.accumulate_grad_batches",
+    "stage",
+    "data.train_seed",
+    "data.packing",
+    "data.overlong",
+    "data.default_template",
 )
 UNCOMPARED = ("cache_dir",)  # leaves under FIXED that name where a cache lives, not what it holds
 KEY = "lp"  # the checkpoint entry this module writes

@@ -107,6 +107,7 @@ def _show(v) -> str:
 
 def rules() -> dict[str, Check]:
     """Setting -> check, for every numeric and enumerated setting of every group."""
+    from lp.data.chatpack import OVERLONG
     from lp.methods import METHODS
     from lp.speed import CHOICES
     from lp.strategy import SHARDING, STRATEGIES
@@ -136,6 +137,10 @@ def rules() -> dict[str, Check]:
         "data.train_seed": integer(0),
         "data.num_workers": integer(0),
         "data.reset_position_ids": boolean,
+        "data.packing": boolean,
+        "data.overlong": choice(*OVERLONG),
+        "data.default_template": boolean,
+        "stage.samples.max_new_tokens": integer(1),
         "optim.lr": number(0, open_lo=True),
         "optim.weight_decay": number(0),
         "optim.betas": pair(number(0, 1, open_hi=True)),

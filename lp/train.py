@@ -1,4 +1,5 @@
-"""``python -m lp.train``: expand a base model, train it, measure forgetting, export.
+"""``python -m lp.train``: expand a base model, train it, measure forgetting, export;
+with ``stage=sft``, instruction-tune a checkpoint as it is (``lp.sft``).
 
 The Hydra entry point; the only module that knows about the config tree.
 """
@@ -43,7 +44,8 @@ from lp.resume import (
     read_saved,
     resumed_note,
 )
-from lp.settings import validate
+from lp.settings import plain, validate
+from lp.sft import ChatSamples, ChatStats, sft_method, sft_plan, stage_record
 from lp.speed import SpeedUp
 from lp.strategy import KeepFrozenOriginals, gathered_state, speed_options
 from lp.strategy import build as build_strategy
@@ -92,8 +94,12 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
         check_checkpoint(str(checkpoint))
     # an already expanded checkpoint (lp.expand, an lp export) trains its recorded new blocks
     recorded = read_expansion(str(checkpoint)) if checkpoint else None
-    plan_args = None if recorded else _plan_args(cfg)
-    method = get_method(cfg.method.name, recorded.blocks if recorded else plan_args["blocks"])
+    sft = cfg.stage.name == "sft"  # trains the checkpoint as it is: never expands
+    plan_args = None if recorded or sft else _plan_args(cfg)
+    if sft:
+        method = sft_method(cfg.method.name, recorded, checkpoint)
+    else:
+        method = get_method(cfg.method.name, recorded.blocks if recorded else plan_args["blocks"])
     callbacks = _callbacks(cfg, run_dir)  # validates their settings before anything expensive
     # the sources are read before any model loads, so bad data settings fail first
     data = instantiate(cfg.data, tokenizer=None, _convert_="all")
@@ -118,11 +124,14 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     if saved:  # the Trainer knows the world size before any model loads
         check_world_size(saved, trainer.num_nodes * trainer.num_devices, resume_from)
         resumed_note(resume_from, saved["global_step"])
+    tokenizer = data.use_tokenizer(load_tokenizer(name), name)  # chat data: with a chat template
     L.seed_everything(cfg.seed, workers=True)
     model = load_model(name, cfg.model.attn, cfg.model.dtype)
-    data.tokenizer = tokenizer = load_tokenizer(name)
-    plan = recorded or make_plan(model.config.num_hidden_layers, **plan_args)
-    if not recorded:
+    if sft:
+        plan = sft_plan(recorded, model.config.num_hidden_layers)
+    else:
+        plan = recorded or make_plan(model.config.num_hidden_layers, **plan_args)
+    if not recorded and not sft:
         expand_model(model, plan)
     model = prepare(model, method, cfg.method)
     module = CausalLMModule(model, plan, tuple(data.domains), method, **cfg.optim)
@@ -139,7 +148,8 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     # every rank takes part in gathering a sharded model; rank 0 writes the one export
     state = gathered_state(trainer, module) if cfg.export else None
     if cfg.export and trainer.is_global_zero:
-        out = export_checkpoint(module, tokenizer, plan, name, run_dir / "export", state)
+        record = stage_record(cfg.stage.name, checkpoint, plain(cfg.data), trainer.global_step, method.name)
+        out = export_checkpoint(module, tokenizer, plan, name, run_dir / "export", state, record)
         print(f"lp: exported {out}\nlp: tensorboard --logdir {run_dir}")
     return RunResult(final, module, out)
 
@@ -203,6 +213,8 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list:
     ]
     if cfg.strategy.name.startswith("deepspeed"):
         callbacks.append(KeepFrozenOriginals())  # the engine casts frozen weights too
+    if cfg.stage.name == "sft":
+        callbacks += [ChatSamples(**cfg.stage.samples), ChatStats()]
     if c.benchmark.enabled:  # the eval/ suite at step 0 and after the last step (lp.eval)
         from lp.eval.callback import BenchmarkCallback
 

@@ -5,6 +5,8 @@ The table runs the real entry points in this process (as ``python -m`` would:
 ``runpy``, ``sys.argv``, Hydra, ``run_cli``), so 40 cases cost seconds, not a Python start
 each; a few cases also run as real subprocesses."""
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -42,6 +44,40 @@ def resume_file(tmp, content) -> list[str]:
 
 
 LLAMA = json.dumps({"model_type": "llama", "num_hidden_layers": 2})
+
+
+def chat_data(tmp, rows: str) -> list[str]:
+    f = tmp / "chat.jsonl"
+    f.write_text(rows)
+    return ["stage=sft", "data=chat_local", f"data.sources.chat.files={f}"]
+
+
+GOOD_CHAT = json.dumps(
+    {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+)
+
+
+def untemplated_checkpoint(tmp) -> list[str]:
+    """A real checkpoint whose tokenizer has no chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.conftest import tiny_llama
+
+    t = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1, "q": 2, "a": 3}, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="</s>", unk_token="<unk>")
+    d = tmp / "untemplated"
+    with contextlib.redirect_stderr(io.StringIO()):  # the save's progress bar is not the run's output
+        tiny_llama(2, vocab_size=len(tok)).save_pretrained(d)
+    tok.save_pretrained(d)
+    return [
+        "model=hf",
+        f"model.name_or_path={d}",
+        *chat_data(tmp, GOOD_CHAT + "\n"),
+        "data.default_template=false",
+    ]
+
 
 # (overrides, or a function of a temporary directory giving them; what the error line must name)
 TRAIN = [
@@ -104,6 +140,23 @@ TRAIN = [
     (["resume=/no/such/step-6.ckpt"], "resume=/no/such/step-6.ckpt is not a file"),
     (lambda t: resume_file(t, b"PK not really a checkpoint"), "cannot be read as a checkpoint"),
     (lambda t: resume_file(t, {"state_dict": {}}), "is not a checkpoint of lp.train"),
+    # the instruction stage (stage=sft): chat rows named by file and row, methods, settings
+    (lambda t: chat_data(t, '{"text": "hi"}\n'), "chat.jsonl row 1: the row has neither 'messages' nor"),
+    (
+        lambda t: chat_data(t, GOOD_CHAT + '\n{"messages": [{"role": "robot", "content": "x"}]}\n'),
+        "chat.jsonl row 2: unknown role 'robot'",
+    ),
+    (
+        lambda t: chat_data(t, '{"conversations": [{"from": "human", "value": "q"}]}\n'),
+        "chat.jsonl row 1: the conversation has no assistant turn",
+    ),
+    (lambda t: chat_data(t, ""), "chat.jsonl is empty"),
+    (untemplated_checkpoint, "has no chat template and data.default_template=false"),
+    (["stage=sft", "method=moe"], "method.name='moe' is not allowed with stage=sft"),
+    (["stage=sft", "method=block_expansion"], "has none; use method=full_finetune"),
+    (["stage=sft", "data.overlong=cut"], "data.overlong='cut' is not allowed; allowed: truncate, drop"),
+    (["stage=sft", "data.packing=2"], "data.packing=2"),
+    (["stage=sft", "stage.samples.max_new_tokens=0"], "stage.samples.max_new_tokens=0"),
 ]
 
 

@@ -82,6 +82,11 @@ class MixtureDataModule(L.LightningDataModule):
         self.train_seed = train_seed
         self.eval_sets: dict[str, torch.Tensor] = {}
 
+    def use_tokenizer(self, tokenizer, name: str):
+        """Set the tokenizer (plain text needs nothing more of it)."""
+        self.tokenizer = tokenizer
+        return tokenizer
+
     @property
     def domains(self) -> list[str]:
         """Eval domains, in val-dataloader order."""

@@ -163,11 +163,13 @@ def math_items(seed: int, n: int, exclude: set[str] = frozenset()) -> list[dict]
 # ---- the cache ----------------------------------------------------------------------------
 
 
-def cached_rows(cache_dir: str | None, name: str, key: dict, build: Callable[[], list[dict]]) -> list[dict]:
-    """Rows of ``<cache>/eval/<name>-<hash of key>.jsonl``, built and written atomically on first use."""
+def cached_rows(
+    cache_dir: str | None, name: str, key: dict, build: Callable[[], list[dict]], folder: str = "eval"
+) -> list[dict]:
+    """Rows of ``<cache>/<folder>/<name>-<hash of key>.jsonl``, built and written atomically on first use."""
     cache = Path(os.path.expanduser(str(cache_dir or os.environ.get("LP_CACHE", "~/.cache/lp"))))
     digest = hashlib.sha256(json.dumps({**key, "format": FORMAT}, sort_keys=True).encode()).hexdigest()[:12]
-    path = cache / "eval" / f"{name}-{digest}.jsonl"
+    path = cache / folder / f"{name}-{digest}.jsonl"
     if not path.is_file():
         rows = build()
         write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))

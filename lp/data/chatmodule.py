@@ -1,0 +1,110 @@
+"""The LightningDataModule of the instruction stage: weighted chat sources plus eval sets."""
+
+from __future__ import annotations
+
+import os
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lp.data.chat import chat_tokenizer
+from lp.data.chatpack import OVERLONG, ChatStream, eval_conversations
+from lp.data.chatsources import ChatSource, build_chat_source
+from lp.data.datamodule import TrainedStateLoader
+from lp.data.packing import eval_rows
+from lp.data.sources import Source, build_source
+from lp.errors import LpError
+
+
+class ChatDataModule(L.LightningDataModule):
+    """Training rows from chat ``sources`` (name -> settings, weighted), packed or
+    padded (``lp.data.chatpack``); one held-out chat eval set per domain (loss on
+    assistant tokens) plus the ``general`` text set that forgetting reads.
+
+    Built (files found, every local row checked) at construction; the tokenizer
+    comes later through ``use_tokenizer``, which gives it a chat template.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        sources: dict,
+        general: dict | None,
+        seq_len: int = 512,
+        batch_size: int = 4,
+        eval_batch_size: int = 8,
+        eval_tokens: int = 8192,
+        eval_fraction: float = 0.05,
+        seed: int = 0,
+        num_workers: int = 1,
+        packing: bool = True,
+        overlong: str = "truncate",
+        default_template: bool = True,
+        cache_dir: str | None = None,
+    ):
+        super().__init__()
+        if not sources:
+            raise LpError("data.sources is empty; give at least one chat source")
+        if overlong not in OVERLONG:
+            raise LpError(f"data.overlong={overlong!r} is not allowed; allowed: {', '.join(OVERLONG)}")
+        common = {"general": dict(general or {}), "eval_fraction": eval_fraction, "cache_dir": cache_dir}
+        self.sources: list[ChatSource] = [build_chat_source(n, dict(c), common) for n, c in sources.items()]
+        self.general: Source | None = (
+            build_source("general", {"domain": "general", **dict(general)}) if general else None
+        )
+        self.tokenizer = tokenizer
+        self.seq_len, self.batch_size, self.eval_batch_size = seq_len, batch_size, eval_batch_size
+        self.eval_tokens, self.eval_fraction, self.seed = eval_tokens, eval_fraction, seed
+        self.num_workers, self.packing, self.overlong = num_workers, packing, overlong
+        self.default_template = default_template
+        self.eval_sets: dict[str, list[dict] | torch.Tensor] = {}
+
+    def use_tokenizer(self, tokenizer, name: str):
+        """Set the tokenizer, with a chat template (``lp.data.chat.chat_tokenizer``)."""
+        self.tokenizer = chat_tokenizer(tokenizer, self.default_template, name)
+        return self.tokenizer
+
+    @property
+    def domains(self) -> list[str]:
+        names = list(dict.fromkeys(s.domain for s in self.sources))
+        if self.general is not None and "general" not in names:
+            names.append("general")
+        return names
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.eval_sets:
+            return
+        for domain in self.domains:
+            parts = [s for s in self.sources if s.domain == domain]
+            if not parts:  # the general text set
+                args = (self.seq_len, self.eval_tokens, self.seed, self.eval_fraction)
+                self.eval_sets[domain] = eval_rows(self.general, self.tokenizer, *args)
+                continue
+            share = -(-self.eval_tokens // len(parts))
+            self.eval_sets[domain] = [
+                row
+                for s in parts
+                for row in eval_conversations(
+                    s, self.tokenizer, self.seq_len, share, self.seed, self.eval_fraction, self.overlong
+                )  # fmt: skip
+            ]
+
+    def train_stream(self) -> ChatStream:
+        return ChatStream(self.sources, self.tokenizer, self.seq_len, self.seed, self.eval_fraction,
+                          self.packing, self.overlong)  # fmt: skip
+
+    def train_dataloader(self) -> TrainedStateLoader:
+        if self.num_workers > 0:
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        return TrainedStateLoader(
+            self.train_stream(), batch_size=self.batch_size, num_workers=self.num_workers
+        )
+
+    def val_dataloader(self) -> list[DataLoader]:
+        out = []
+        for d in self.domains:
+            rows = self.eval_sets[d]
+            data = TensorDataset(rows) if isinstance(rows, torch.Tensor) else rows
+            out.append(DataLoader(data, batch_size=self.eval_batch_size))
+        return out

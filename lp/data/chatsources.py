@@ -1,0 +1,161 @@
+"""Where conversations come from: the generated default set, local chat files, hub datasets.
+
+A chat source is, like a text source (``lp.data.sources``), a deterministic
+endless stream, here of conversations (``lp.data.chat.conversation``), that
+``conversations(seed, start)`` begins at its ``start``-th item, so a resumed
+run continues where it stopped. Rows are checked when the source is built:
+every row of local files, the first rows of a hub dataset (the rest as they
+stream); a bad row is one ``LpError`` naming its file and row.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lp.data.chat import conversation
+from lp.data.sources import is_eval, shuffled_passes, source_seed
+from lp.errors import LpError, first_line
+
+Conversations = Callable[[int, int], Iterator[list[dict]]]  # (seed, start) -> endless stream
+BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+HUB_CHECKED_ROWS = 100  # rows of a hub dataset checked up front
+
+
+@dataclass
+class ChatSource:
+    name: str
+    domain: str
+    weight: float
+    conversations: Conversations = field(repr=False)
+
+
+def is_eval_chat(messages: list[dict], eval_fraction: float) -> bool:
+    """Held out or not, from the conversation's text alone (``lp.data.sources.is_eval``)."""
+    return is_eval(json.dumps(messages, sort_keys=True, ensure_ascii=False), eval_fraction)
+
+
+def _generated(name: str, cfg: dict, common: dict) -> Conversations:
+    from lp.data.chatgen import PARTS, chat_set
+
+    part = cfg.get("part")
+    if part not in PARTS:
+        raise LpError(f"chat source {name!r}: part={part!r} is unknown; allowed: {', '.join(PARTS)}")
+    items = chat_set(part, int(cfg.get("seed", 0)), common["general"], common["eval_fraction"],
+                     common.get("cache_dir"))  # fmt: skip
+    return lambda seed, start: shuffled_passes(items, source_seed(seed, name), start)
+
+
+def _files(name: str, cfg: dict, common: dict) -> Conversations:
+    """jsonl, json or parquet chat files (globs allowed), each row checked now."""
+    patterns = cfg.get("files")
+    if not patterns or patterns == "???":
+        raise LpError(f"chat source {name!r}: no files given; set data.sources.{name}.files=/path/*.jsonl")
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    paths = sorted({p for pat in patterns for p in glob.glob(os.path.expanduser(str(pat)), recursive=True)})
+    if not paths:
+        raise LpError(f"chat source {name!r}: no file matches {', '.join(map(str, patterns))}")
+    for p in paths:
+        if Path(p).suffix not in BUILDERS:
+            raise LpError(f"chat source {name!r}: {p} is not one of {', '.join(BUILDERS)}")
+        if os.path.getsize(p) == 0:
+            raise LpError(f"chat source {name!r}: {p} is empty")
+    streams = [_stream(name, dict(path=BUILDERS[Path(p).suffix], data_files=[p]), p) for p in paths]
+    for path, ds in zip(paths, streams, strict=True):
+        if sum(1 for _ in _checked(ds, path, None)) == 0:  # every row read and checked
+            raise LpError(f"chat source {name!r}: {path} holds no rows")
+    return _shuffled(name, cfg, streams, paths)
+
+
+def _hub(name: str, cfg: dict, common: dict) -> Conversations:
+    """A Hugging Face dataset (hub id or local dataset directory), streamed."""
+    path = str(cfg.get("path", ""))
+    if not path:
+        raise LpError(f"chat source {name!r}: kind=hf needs a dataset path (hub id or directory)")
+    offline = any(
+        os.environ.get(v, "0").lower() in ("1", "true") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+    if offline and not Path(path).expanduser().is_dir():
+        raise LpError(
+            f"chat source {name!r}: the hub dataset {path!r} needs network, but HF_HUB_OFFLINE is set; "
+            "use data=chat_offline, local files (data=chat_local) or unset HF_HUB_OFFLINE"
+        )
+    args = {k: cfg[k] for k in ("name", "data_dir", "data_files", "revision") if cfg.get(k) is not None}
+    ds = _stream(name, dict(path=path, split=cfg.get("split", "train"), **args), path)
+    if not any(True for _ in _checked(ds, path, HUB_CHECKED_ROWS)):
+        raise LpError(f"chat source {name!r}: {path} holds no rows")
+    return _shuffled(name, cfg, [ds], [path])
+
+
+def _stream(name: str, load_args: dict, label: str):
+    from datasets import load_dataset  # imported here: the offline default never needs it
+
+    load_args.setdefault("split", "train")
+    quiet = logging.getLogger("datasets")  # a failure is reported below in one line, not also logged
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        ds = load_dataset(**load_args, streaming=True)
+        # the row number travels with the row through the shuffle, for error messages
+        return ds.map(lambda row, i: {"_lp_row": i + 1}, with_indices=True)
+    except Exception as e:  # network, missing config, unreadable file: one line, named
+        raise LpError(f"chat source {name!r}: cannot read {label}: {first_line(e)}") from None
+    finally:
+        quiet.setLevel(level)
+
+
+def _checked(rows, label: str, limit: int | None) -> Iterator[list[dict]]:
+    try:
+        for row in itertools.islice(rows, limit):
+            where = f"{label} row {row.pop('_lp_row')}"
+            yield conversation(row, where)
+    except LpError:
+        raise
+    except Exception as e:  # a file datasets cannot parse
+        raise LpError(f"cannot read {label}: {first_line(e)}") from None
+
+
+def _shuffled(name: str, cfg: dict, streams: list, labels: list[str]) -> Conversations:
+    from datasets import concatenate_datasets
+
+    ds = concatenate_datasets(streams) if len(streams) > 1 else streams[0]
+    buffer = int(cfg.get("shuffle_buffer", 10_000))
+    label = labels[0] if len(labels) == 1 else f"{len(labels)} files of {name!r}"
+
+    def conversations(seed: int, start: int) -> Iterator[list[dict]]:
+        # datasets' streaming shuffle (shard order and a buffer), reseeded every pass
+        for epoch in itertools.count():
+            stream = ds.shuffle(seed=source_seed(seed, name), buffer_size=buffer)
+            stream.set_epoch(epoch)
+            found = False
+            for messages in _checked(stream, label, None):
+                found = True
+                if start > 0:
+                    start -= 1
+                else:
+                    yield messages
+            if not found:
+                raise LpError(f"chat source {name!r}: a pass over it yielded no conversations")
+
+    return conversations
+
+
+KINDS = {"generated": _generated, "files": _files, "hf": _hub}
+
+
+def build_chat_source(name: str, cfg: dict, common: dict) -> ChatSource:
+    """A chat source from its settings (``common``: the general corpus, eval_fraction and
+    cache_dir the generated set needs); any problem is one LpError line naming it."""
+    kind = cfg.get("kind")
+    if kind not in KINDS:
+        raise LpError(f"chat source {name!r}: kind={kind!r} is unknown; allowed: {', '.join(KINDS)}")
+    weight = cfg.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+        raise LpError(f"chat source {name!r}: weight={weight!r} must be a positive number")
+    return ChatSource(name, str(cfg.get("domain", name)), float(weight), KINDS[kind](name, cfg, common))
