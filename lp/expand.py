@@ -37,6 +37,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=sorted(TORCH_NAMES), help="convert floating tensors (default: keep)")
     p.add_argument("--force", action="store_true", help="replace DST if it exists")
     p.add_argument(
+        "--no-verify", action="store_true",
+        help="skip the check that the expanded logits equal the base's (it loads both models)",
+    )  # fmt: skip
+    p.add_argument(
         "--gguf-file", help="SRC holds this GGUF file: convert it first (once; cached in $LP_CACHE, lp.gguf)"
     )
     return p.parse_args(argv)
@@ -80,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             raise LpError(f"{dst} exists; pass --force to replace it")
         layers = json.loads((src / "config.json").read_text()).get("num_hidden_layers")
         plan = make_plan(layers, args.blocks, parse_position(args.position), args.source, args.init)
-        out = expand_checkpoint(src, dst, plan, parse_size(args.shard_size), args.dtype, args.force)
+        out = expand_checkpoint(
+            src, dst, plan, parse_size(args.shard_size), args.dtype, args.force, verify=not args.no_verify
+        )
     except LpError as e:
         return print_error(e)
     new = list(plan.new_layers)
