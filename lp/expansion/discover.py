@@ -55,7 +55,7 @@ SHRINK = {
     "ffn_hidden_size": 64, "n_inner": 64, "rotary_dim": 4, "partial_rotary_factor": 0.5,
 }  # fmt: skip
 TOKENS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "decoder_start_token_id")
-MAX_PARAMS = 5_000_000  # a family that stays bigger than this once shrunk is no tiny copy
+MAX_PARAMS = 1_000_000  # a family that stays bigger than this once shrunk is no tiny copy
 DEPTH = 4  # layers of a family's default tiny copy
 SEQ = 12
 
@@ -93,7 +93,10 @@ def tiny_config(config: Any, layers: int | None = None):
     if isinstance(d.get("max_position_embeddings"), int):
         d["max_position_embeddings"] = min(d["max_position_embeddings"], 256)
     d["dtype"] = "float32"
-    return cls.from_dict(d)
+    try:
+        return cls.from_dict(d)
+    except Exception as e:  # the config class's own validation of the shrunk widths
+        raise NotBuildable(f"the shrunk config is invalid: {first_line(e)}") from None
 
 
 def build(cfg, seed: int = 0) -> nn.Module:
@@ -120,7 +123,17 @@ def build(cfg, seed: int = 0) -> nn.Module:
 
 def discover(config: Any) -> ArchFacts:
     """The expansion facts of ``config``'s family (see the module docstring)."""
-    cfg = tiny_config(config, layers=DEPTH if isinstance(config, str) else None)
+    try:
+        cfg = tiny_config(config, layers=DEPTH if isinstance(config, str) else None)
+    except LpError as e:
+        mt = (
+            config
+            if isinstance(config, str)
+            else dict(config).get("model_type")
+            if isinstance(config, dict)
+            else config.model_type
+        )
+        raise type(e)(f"model_type {mt!r} cannot be expanded: {e}") from None
     return _discover_cached(json.dumps(cfg.to_dict(), sort_keys=True, default=str))
 
 
@@ -134,6 +147,8 @@ def _discover_cached(key: str) -> ArchFacts:
         return _discover(cfg)
     except LpError as e:
         raise type(e)(f"model_type {d['model_type']!r} cannot be expanded: {e}") from None
+    except Exception as e:  # the family's own code failed on the expanded copy
+        raise Refused(f"model_type {d['model_type']!r} cannot be expanded: {first_line(e)}") from None
 
 
 def _discover(cfg) -> ArchFacts:
@@ -238,13 +253,19 @@ def residual_outputs(base: nn.Module, facts: ArchFacts, ids, ref) -> tuple[str, 
     an identity, found by zeroing all and restoring one at a time."""
     model, new_layers = expanded(base, facts, init="copy")
     layers = model.get_submodule(facts.layers)
-    new = [dict(layers[j].named_parameters()) for j in new_layers]
-    kept = {name: [p[name].detach().clone() for p in new] for name in new[0]}
+    new = [dict(layers[j].named_parameters()) for j in new_layers]  # blocks may differ in kind
+    kept = [{n: t.detach().clone() for n, t in p.items()} for p in new]
     order = execution_order(model, layers[new_layers[0]], ids)
+    names = list(dict.fromkeys(n for p in new for n in p))
+
+    def put(name: str, restore: bool) -> None:
+        for p, values in zip(new, kept, strict=True):
+            if name in p:
+                p[name].copy_(values[name]) if restore else p[name].zero_()
+
     with torch.no_grad():
-        for p in new:
-            for t in p.values():
-                t.zero_()
+        for name in names:
+            put(name, restore=False)
         if not torch.equal(logits(model, ids), ref):
             raise Refused(
                 "a block is no identity even with all its tensors zeroed (a norm after the residual add?)"
@@ -252,13 +273,11 @@ def residual_outputs(base: nn.Module, facts: ArchFacts, ids, ref) -> tuple[str, 
         zeroed = []
         # norms first, then in the order the block runs its modules, so that what stays
         # zeroed is the last write before the residual add (o_proj, not a fused qkv)
-        for name in sorted(kept, key=lambda n: ("norm" not in n, order.get(n.rpartition(".")[0], 1 << 30))):
-            for p, value in zip(new, kept[name], strict=True):
-                p[name].copy_(value)
+        for name in sorted(names, key=lambda n: ("norm" not in n, order.get(n.rpartition(".")[0], 1 << 30))):
+            put(name, restore=True)
             if not torch.equal(logits(model, ids), ref):
                 zeroed.append(name)
-                for p in new:
-                    p[name].zero_()
+                put(name, restore=False)
     if not zeroed:
         raise Refused("a copied block already adds nothing to the residual stream")
     return tuple(zeroed)
