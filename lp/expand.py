@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lp.checkpoints import EXPANSION_FILE, check_checkpoint
 from lp.errors import LpError, print_error
-from lp.expansion.checkpoint import TORCH_NAMES, expand_checkpoint
+from lp.expansion.checkpoint import TORCH_NAMES, depth_key, expand_checkpoint
 from lp.expansion.plan import INITS, POSITIONS, SOURCES, make_plan
 
 UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             raise LpError(f"{src} is already expanded ({EXPANSION_FILE}); expand its base model instead")
         if dst.exists() and not args.force:
             raise LpError(f"{dst} exists; pass --force to replace it")
-        layers = json.loads((src / "config.json").read_text()).get("num_hidden_layers")
+        config = json.loads((src / "config.json").read_text())
+        layers = config.get(depth_key(config))
         plan = make_plan(layers, args.blocks, parse_position(args.position), args.source, args.init)
         out = expand_checkpoint(
             src, dst, plan, parse_size(args.shard_size), args.dtype, args.force, verify=not args.no_verify

@@ -295,8 +295,20 @@ def expand_checkpoint(
     return dst
 
 
+def depth_key(config: dict) -> str:
+    """The config.json key of the depth (GPT-2's ``n_layer`` for ``num_hidden_layers``)."""
+    if "num_hidden_layers" in config:
+        return "num_hidden_layers"
+    from transformers import CONFIG_MAPPING  # configuration classes only: no torch
+
+    cls = CONFIG_MAPPING[config.get("model_type")]
+    return getattr(cls, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
+
+
 def expanded_config(config: dict, plan: ExpansionPlan, facts: ArchFacts, dtype: str | None) -> dict:
-    config = {**config, **depth_fields(config.get, plan, facts)}
+    fields = depth_fields(config.get, plan, facts)
+    fields[depth_key(config)] = fields.pop("num_hidden_layers")
+    config = {**config, **fields}
     if dtype:
         for key in ("torch_dtype", "dtype"):
             if key in config:

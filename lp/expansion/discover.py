@@ -68,7 +68,10 @@ def tiny_config(config: Any, layers: int | None = None):
 
     if isinstance(config, str):
         cls = CONFIG_MAPPING[config]
-        d, layers = cls().to_dict(), layers or DEPTH
+        try:
+            d, layers = cls().to_dict(), layers or DEPTH
+        except Exception as e:  # a config class without usable defaults
+            raise NotBuildable(f"its config class has no valid default: {first_line(e)}") from None
     else:
         d = dict(config) if isinstance(config, dict) else config.to_dict()
         cls = CONFIG_MAPPING[d["model_type"]]
