@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from lp.expand import main as expand_main
 from lp.expand import parse_size
-from lp.expansion import arch_facts, expand_model, make_plan
+from lp.expansion import ARCHS, ArchFacts, arch_facts, expand_model, make_plan
 from lp.expansion.checkpoint import source_tensors
 from tests.test_families import FAMILIES, IDS, LAYERS, family_model
 
@@ -67,6 +67,21 @@ def test_output_layout_config_and_side_files(tmp_path, capsys):
     assert (dst / "tokenizer_config.json").read_text() == '{"model_max_length": 128}'
     assert (dst / "generation_config.json").is_file()
     assert f"model.name_or_path={dst}" in capsys.readouterr().out
+
+
+def test_a_broken_expansion_is_named_and_nothing_is_written(tmp_path, monkeypatch, capsys):
+    src = save(family_model("llama"), tmp_path / "src")
+    # a wrong override that forgets down_proj: the first new block (after base layer 2,
+    # expanded layer 3) writes into the residual stream
+    monkeypatch.setitem(ARCHS, "llama", ArchFacts(residual_out=("self_attn.o_proj",)))
+    capsys.readouterr()
+    assert expand(src, tmp_path / "dst", "--blocks", "2") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the expanded model is not an identity") and "\n" not in err
+    assert "the output of base layer 3 (expanded layer 4) differs; new blocks below it: [3]" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    assert expand(src, tmp_path / "dst", "--blocks", "2", "--no-verify") == 0
+    assert (tmp_path / "dst" / "lp_expansion.json").is_file()
 
 
 def test_dtype_is_preserved_or_converted_on_request(tmp_path):

@@ -18,13 +18,20 @@ from lp.expansion.plan import ExpansionPlan
 
 def verify_expansion(src: Path, dst: Path, plan: ExpansionPlan, dtype: str | None = None) -> None:
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
 
     def load(path, as_dtype):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=as_dtype, attn_implementation="eager")
         return model.float().eval()
 
-    base = load(src, getattr(torch, dtype) if dtype else "auto")
-    expanded = load(dst, torch.float32)
+    shown = logging.is_progress_bar_enabled()  # keep the command's output to its own lines
+    logging.disable_progress_bar()
+    try:
+        base = load(src, getattr(torch, dtype) if dtype else "auto")
+        expanded = load(dst, torch.float32)
+    finally:
+        if shown:
+            logging.enable_progress_bar()
     first = first_broken_layer(base, expanded, plan)
     if first is not None:
         k, j = first
