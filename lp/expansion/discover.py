@@ -64,6 +64,15 @@ def tiny_config(config: Any, layers: int | None = None):
     """A tiny copy of ``config`` (a model_type, a ``PretrainedConfig`` or a config dict):
     widths shrunk, flags kept; depth kept too unless ``layers`` is given (a model_type
     alone gets ``DEPTH`` layers)."""
+    try:
+        return _tiny_config(config, layers)
+    except LpError:
+        raise
+    except Exception as e:  # a config class that does not fit the usual field names
+        raise NotBuildable(f"no tiny config: {first_line(e)}") from None
+
+
+def _tiny_config(config: Any, layers: int | None):
     from transformers import CONFIG_MAPPING
 
     if isinstance(config, str):

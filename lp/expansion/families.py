@@ -54,12 +54,17 @@ def family_line(model_type: str) -> str:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
-    if model_type in ARCHS:
-        facts = ARCHS[model_type]
-    names = [n.removesuffix(".weight") for n in facts.residual_out if "*" not in n]
+    zeroed = ARCHS[model_type].residual_out if model_type in ARCHS else facts.residual_out
+    names = [n.removesuffix(".weight") for n in zeroed if "*" not in n]
     line = "expand: " + ", ".join(dict.fromkeys(names))
-    fields = [*facts.per_layer_config, *facts.layer_index_lists]
+    fields = [*facts.per_layer_config, *facts.layer_index_lists]  # what this family's config has
     return line + (f"; per layer: {', '.join(fields)}" if fields else "")
+
+
+def expandable() -> set[str]:
+    """The families the committed ``families.json`` lists as expanding (cheap: no torch)."""
+    lines = json.loads(DATA.read_text())["families"]
+    return {mt for mt, line in lines.items() if line.startswith("expand: ")}
 
 
 def _reason(e: LpError) -> str:
