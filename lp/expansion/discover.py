@@ -135,18 +135,20 @@ def build(cfg, seed: int = 0) -> nn.Module:
 
 def discover(config: Any) -> ArchFacts:
     """The expansion facts of ``config``'s family (see the module docstring)."""
+    mt = _model_type(config)
     try:
         cfg = tiny_config(config, layers=DEPTH if isinstance(config, str) else None)
-    except LpError as e:
-        mt = (
-            config
-            if isinstance(config, str)
-            else dict(config).get("model_type")
-            if isinstance(config, dict)
-            else config.model_type
-        )
-        raise type(e)(f"model_type {mt!r} cannot be expanded: {e}") from None
+    except NotBuildable as e:
+        if not isinstance(config, str):  # this model's own values do not shrink: the family's defaults
+            return discover(mt)
+        raise NotBuildable(f"model_type {mt!r} cannot be expanded: {e}") from None
     return _discover_cached(json.dumps(cfg.to_dict(), sort_keys=True, default=str))
+
+
+def _model_type(config: Any) -> str:
+    if isinstance(config, str):
+        return config
+    return config["model_type"] if isinstance(config, dict) else config.model_type
 
 
 @functools.cache
