@@ -21,6 +21,7 @@ cached per config in-process.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -384,7 +385,7 @@ def saved_names(base: nn.Module, facts: ArchFacts) -> tuple[str, tuple[str, ...]
         for name, t in block.state_dict(keep_vars=True).items():
             if init_value(name, "zero_out", facts) is not None:
                 t.zero_()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, no_progress_bars():
         model.save_pretrained(tmp)
         tensors = {}
         for f in sorted(Path(tmp).glob("*.safetensors")):
@@ -396,6 +397,20 @@ def saved_names(base: nn.Module, facts: ArchFacts) -> tuple[str, tuple[str, ...]
     if not zero:
         raise Refused("the zeroed tensors cannot be found in a saved checkpoint")
     return prefix, tuple(sorted({NUMBER.sub("*", f".{n}")[1:] for n in zero}))
+
+
+@contextlib.contextmanager
+def no_progress_bars():
+    """transformers' progress bars off for a while: a command's output stays its own lines."""
+    from transformers.utils import logging
+
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            logging.enable_progress_bar()
 
 
 def saved_prefix(tensors: dict, n: int) -> str:

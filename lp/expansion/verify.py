@@ -18,20 +18,16 @@ from lp.expansion.plan import ExpansionPlan
 
 def verify_expansion(src: Path, dst: Path, plan: ExpansionPlan, dtype: str | None = None) -> None:
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging
+
+    from lp.expansion.discover import no_progress_bars
 
     def load(path, as_dtype):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=as_dtype, attn_implementation="eager")
         return model.float().eval()
 
-    shown = logging.is_progress_bar_enabled()  # keep the command's output to its own lines
-    logging.disable_progress_bar()
-    try:
+    with no_progress_bars():
         base = load(src, getattr(torch, dtype) if dtype else "auto")
         expanded = load(dst, torch.float32)
-    finally:
-        if shown:
-            logging.enable_progress_bar()
     first = first_broken_layer(base, expanded, plan)
     if first is not None:
         k, j = first
