@@ -51,9 +51,11 @@ SHRINK = {
     "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
     "head_dim": 8, "vocab_size": 99, "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4,
     "num_experts_per_tok": 2, "moe_intermediate_size": 16, "shared_expert_intermediate_size": 32,
-    "n_group": 1, "topk_group": 1, "q_lora_rank": 16, "kv_lora_rank": 16, "qk_rope_head_dim": 4,
-    "qk_nope_head_dim": 4, "v_head_dim": 8, "sliding_window": 4, "attention_chunk_size": 4,
-    "ffn_hidden_size": 64, "n_inner": 64, "rotary_dim": 4, "partial_rotary_factor": 0.5,
+    "n_group": 1, "topk_group": 1, "q_lora_rank": 16, "kv_lora_rank": 16, "qk_rope_head_dim": 8,
+    "qk_nope_head_dim": 8, "v_head_dim": 8, "linear_key_head_dim": 8, "linear_value_head_dim": 8,
+    "linear_num_key_heads": 2, "linear_num_value_heads": 4, "d_model": 32, "encoder_ffn_dim": 64,
+    "decoder_ffn_dim": 64, "encoder_attention_heads": 4, "decoder_attention_heads": 4,
+    "sliding_window": 4, "attention_chunk_size": 4, "ffn_hidden_size": 64, "n_inner": 64, "rotary_dim": 4,
 }  # fmt: skip
 TOKENS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "decoder_start_token_id")
 MAX_PARAMS = 1_000_000  # a family that stays bigger than this once shrunk is no tiny copy
@@ -163,7 +165,9 @@ def _discover_cached(key: str) -> ArchFacts:
     except LpError as e:
         raise type(e)(f"model_type {d['model_type']!r} cannot be expanded: {e}") from None
     except Exception as e:  # the family's own code failed on the expanded copy
-        raise Refused(f"model_type {d['model_type']!r} cannot be expanded: {first_line(e)}") from None
+        raise Refused(
+            f"model_type {d['model_type']!r} cannot be expanded: the copy fails: {first_line(e)}"
+        ) from None
 
 
 def _discover(cfg) -> ArchFacts:

@@ -28,7 +28,7 @@ END = "<!-- families:end -->"
 TIME_LIMIT = 30  # seconds per family: a copy that is slow at width 32 is no tiny copy
 
 
-class _TooSlow(Exception):
+class _TooSlow(BaseException):  # not an Exception: no family's error handling swallows it
     pass
 
 
