@@ -292,7 +292,7 @@ def residual_outputs(base: nn.Module, facts: ArchFacts, ids, ref) -> tuple[str, 
         zeroed = []
         # norms first, then in the order the block runs its modules, so that what stays
         # zeroed is the last write before the residual add (o_proj, not a fused qkv)
-        for name in sorted(names, key=lambda n: ("norm" not in n, order.get(n.rpartition(".")[0], 1 << 30))):
+        for name in sorted(names, key=lambda n: ("norm" not in n, rank(order, n))):
             put(name, restore=True)
             if not torch.equal(logits(model, ids), ref):
                 zeroed.append(name)
@@ -315,6 +315,15 @@ def execution_order(model: nn.Module, block: nn.Module, ids) -> dict[str, int]:
         for h in handles:
             h.remove()
     return order
+
+
+def rank(order: dict[str, int], name: str) -> int:
+    """When the tensor ``name``'s module first runs; a module used only through its
+    weights (Mamba's conv1d) runs when its nearest calling ancestor does."""
+    path = name.rpartition(".")[0]
+    while path not in order and path:
+        path = path.rpartition(".")[0]
+    return order.get(path, 0)
 
 
 def norm_facts(block: nn.Module, cfg) -> dict:
