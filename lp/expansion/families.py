@@ -68,7 +68,8 @@ def expandable() -> set[str]:
 
 
 def _reason(e: LpError) -> str:
-    return str(e).partition("cannot be expanded: ")[2] or str(e)
+    reason = str(e).partition("cannot be expanded: ")[2] or str(e)
+    return reason if len(reason) <= 150 else reason[:147] + "..."  # one short line per family
 
 
 def sweep() -> dict:
