@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lp.checkpoints import EXPANSION_FILE, check_checkpoint
 from lp.errors import LpError, print_error
-from lp.expansion.checkpoint import TORCH_NAMES, expand_checkpoint
+from lp.expansion.checkpoint import TORCH_NAMES, depth_key, expand_checkpoint
 from lp.expansion.plan import INITS, POSITIONS, SOURCES, make_plan
 
 UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
@@ -36,6 +36,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shard-size", default="5GB", help="largest shard, e.g. 5GB, 500MB (default 5GB)")
     p.add_argument("--dtype", choices=sorted(TORCH_NAMES), help="convert floating tensors (default: keep)")
     p.add_argument("--force", action="store_true", help="replace DST if it exists")
+    p.add_argument(
+        "--no-verify", action="store_true",
+        help="skip the check that the expanded logits equal the base's (it loads both models)",
+    )  # fmt: skip
     p.add_argument(
         "--gguf-file", help="SRC holds this GGUF file: convert it first (once; cached in $LP_CACHE, lp.gguf)"
     )
@@ -78,9 +82,12 @@ def main(argv: list[str] | None = None) -> int:
             raise LpError(f"{src} is already expanded ({EXPANSION_FILE}); expand its base model instead")
         if dst.exists() and not args.force:
             raise LpError(f"{dst} exists; pass --force to replace it")
-        layers = json.loads((src / "config.json").read_text()).get("num_hidden_layers")
+        config = json.loads((src / "config.json").read_text())
+        layers = config.get(depth_key(config))
         plan = make_plan(layers, args.blocks, parse_position(args.position), args.source, args.init)
-        out = expand_checkpoint(src, dst, plan, parse_size(args.shard_size), args.dtype, args.force)
+        out = expand_checkpoint(
+            src, dst, plan, parse_size(args.shard_size), args.dtype, args.force, verify=not args.no_verify
+        )
     except LpError as e:
         return print_error(e)
     new = list(plan.new_layers)

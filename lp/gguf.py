@@ -153,10 +153,13 @@ def _field(reader, key: str):
 
 
 def supported_model_types() -> set[str]:
-    """Families that transformers can load from GGUF and that lp knows how to expand."""
+    """Families that transformers can load from GGUF and that lp can expand: the ``ARCHS``
+    overrides and every family ``families.json`` lists as expanding."""
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
-    return set(GGUF_SUPPORTED_ARCHITECTURES) & set(ARCHS)
+    from lp.expansion.families import expandable
+
+    return set(GGUF_SUPPORTED_ARCHITECTURES) & (set(ARCHS) | expandable())
 
 
 def declared_layers(path: Path, cache_dir: str) -> int:

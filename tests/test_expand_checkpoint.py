@@ -9,9 +9,9 @@ from transformers import AutoModelForCausalLM
 
 from lp.expand import main as expand_main
 from lp.expand import parse_size
-from lp.expansion import expand_model, make_plan
+from lp.expansion import ARCHS, ArchFacts, arch_facts, expand_model, make_plan
 from lp.expansion.checkpoint import source_tensors
-from tests.test_families import FAMILIES, IDS, family_model
+from tests.test_families import FAMILIES, IDS, LAYERS, family_model
 
 
 def save(model, path, **kw):
@@ -38,13 +38,15 @@ def test_streamed_equals_in_memory_for_every_family(model_type, tmp_path):
     assert expand(src, tmp_path / "dst", "--blocks", "2", "--shard-size", "30KB") == 0
     # checkpoints may name tensors differently from memory (Mixtral's per-expert w1/w2/w3),
     # so compare what transformers loads with what the in-memory path builds
-    reference = expand_model(family_model(model_type), make_plan(4, 2)).state_dict()
+    reference = expand_model(family_model(model_type), make_plan(LAYERS, 2)).state_dict()
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "dst", attn_implementation="eager").eval()
     assert loaded.state_dict().keys() == reference.keys()
     for name, t in loaded.state_dict().items():
         assert torch.equal(t, reference[name]), name
     names = list(source_tensors(src))
-    per_layer = sum(".layers.0." in n for n in names)
+    facts = arch_facts(base.config)
+    per_layer = sum(n.startswith(f"{facts.saved_layers or facts.layers}.0.") for n in names)
+    assert per_layer > 0
     assert len(load_all(tmp_path / "dst")) == len(names) + 2 * per_layer  # two more layers' worth
     with torch.no_grad():
         assert torch.equal(loaded(IDS).logits, base(IDS).logits)
@@ -52,19 +54,34 @@ def test_streamed_equals_in_memory_for_every_family(model_type, tmp_path):
 
 def test_output_layout_config_and_side_files(tmp_path, capsys):
     src = save(family_model("qwen2"), tmp_path / "src")
-    assert expand(src, tmp_path / "dst", "--blocks", "2", "--position", "0,4", "--shard-size", "40KB") == 0
+    assert expand(src, tmp_path / "dst", "--blocks", "2", "--position", "0,5", "--shard-size", "40KB") == 0
     dst = tmp_path / "dst"
     index = json.loads((dst / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 1 and all((dst / s).is_file() for s in shards)
     config = json.loads((dst / "config.json").read_text())
-    assert config["num_hidden_layers"] == 6 and len(config["layer_types"]) == 6
+    assert config["num_hidden_layers"] == 7 and len(config["layer_types"]) == 7
     meta = json.loads((dst / "lp_expansion.json").read_text())
-    assert meta["layer_map"] == [3, 0, 1, 2, 3, 3] and meta["new_layers"] == [0, 5]
-    assert meta["base_model"] == str(src) and meta["position"] == [0, 4] and meta["base_layers"] == 4
+    assert meta["layer_map"] == [4, 0, 1, 2, 3, 4, 4] and meta["new_layers"] == [0, 6]
+    assert meta["base_model"] == str(src) and meta["position"] == [0, 5] and meta["base_layers"] == 5
     assert (dst / "tokenizer_config.json").read_text() == '{"model_max_length": 128}'
     assert (dst / "generation_config.json").is_file()
     assert f"model.name_or_path={dst}" in capsys.readouterr().out
+
+
+def test_a_broken_expansion_is_named_and_nothing_is_written(tmp_path, monkeypatch, capsys):
+    src = save(family_model("llama"), tmp_path / "src")
+    # a wrong override that forgets down_proj: the first new block (after base layer 2,
+    # expanded layer 3) writes into the residual stream
+    monkeypatch.setitem(ARCHS, "llama", ArchFacts(residual_out=("self_attn.o_proj",)))
+    capsys.readouterr()
+    assert expand(src, tmp_path / "dst", "--blocks", "2") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the expanded model is not an identity") and "\n" not in err
+    assert "the output of base layer 3 (expanded layer 4) differs; new blocks below it: [3]" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    assert expand(src, tmp_path / "dst", "--blocks", "2", "--no-verify") == 0
+    assert (tmp_path / "dst" / "lp_expansion.json").is_file()
 
 
 def test_dtype_is_preserved_or_converted_on_request(tmp_path):

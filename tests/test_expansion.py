@@ -77,8 +77,9 @@ def test_config_round_trips_through_autoconfig(tmp_path):
     assert len(decoder_layers(reloaded)) == 6
 
 
-def test_unsupported_family_names_the_supported_ones():
-    model = tiny_llama(2)
-    model.config.model_type = "gpt_neox"
-    with pytest.raises(LpError, match="supported: gemma, gemma2, llama, mistral, mixtral, phi3, qwen2"):
-        expand_model(model, make_plan(2, 1))
+def test_a_family_that_is_no_identity_is_refused_with_the_reason():
+    from lp.expansion.discover import build, tiny_config
+
+    model = build(tiny_config("bert"))  # post-LayerNorm: the norm sits after the residual add
+    with pytest.raises(LpError, match="'bert' cannot be expanded: a block is no identity even with all"):
+        expand_model(model, make_plan(4, 1))

@@ -30,10 +30,15 @@ class ArchFacts:
     norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
     # the weight value at which a norm outputs zeros (Gemma scales by 1 + weight)
     norm_zero: float = 0.0
-    # the module that carries ``layer_idx`` (the KV-cache slot)
-    attention: str = "self_attn"
+    # (module below the block, attribute, offset): where the block's index lives (the
+    # KV-cache slot), renumbered to ``j + offset`` for expanded layer j
+    layer_index: tuple[tuple[str, str, int], ...] = (("self_attn", "layer_idx", 0),)
     # config fields holding one entry per layer
     per_layer_config: tuple[str, ...] = ("layer_types",)
+    # config fields listing layer indices (e.g. Qwen2-MoE's mlp_only_layers)
+    layer_index_lists: tuple[str, ...] = ()
+    # the block list's name in saved checkpoints, when it differs from ``layers``
+    saved_layers: str | None = None
 
     def is_residual_out(self, name: str) -> bool:
         return _matches(name, self.residual_out)
@@ -51,7 +56,16 @@ def depth_fields(get: Callable[[str], Any], plan: ExpansionPlan, facts: ArchFact
         values = get(field)
         if isinstance(values, (list, tuple)) and len(values) == plan.base_layers:
             out[field] = [values[src] for src in plan.layer_map]
+    for field in facts.layer_index_lists:  # a copy is of the same kind as its source
+        values = get(field)
+        if isinstance(values, (list, tuple)):
+            out[field] = [j for j, src in enumerate(plan.layer_map) if src in set(values)]
     return out
+
+
+def check_init(plan: ExpansionPlan, facts: ArchFacts) -> None:
+    if plan.init == "zero_norm" and plan.new_layers and not facts.norms:
+        raise LpError("expansion.init=zero_norm: this family has no block norm that can output zeros")
 
 
 def _matches(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -99,14 +113,17 @@ ARCHS: dict[str, ArchFacts] = {
 }
 
 
-def arch_facts(model_type: str) -> ArchFacts:
-    try:
+def arch_facts(config: Any) -> ArchFacts:
+    """The facts for a model's config (a ``PretrainedConfig`` or a ``config.json``
+    dict): the ``ARCHS`` entry when there is one (an explicit override), else what
+    ``lp.expansion.discover`` finds on a tiny copy of the model. Raises LpError
+    with the reason when the family cannot be expanded safely."""
+    model_type = config.get("model_type") if isinstance(config, dict) else config.model_type
+    if model_type in ARCHS:
         return ARCHS[model_type]
-    except KeyError:
-        raise LpError(
-            f"model_type {model_type!r} is not supported for block expansion; supported: "
-            f"{', '.join(sorted(ARCHS))} (add an entry to ARCHS in lp/expansion/arch.py)"
-        ) from None
+    from lp.expansion.discover import discover  # torch and transformers: only when needed
+
+    return discover(config)
 
 
 def init_value(name: str, init: str, facts: ArchFacts) -> float | None:

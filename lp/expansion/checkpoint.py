@@ -23,7 +23,7 @@ from typing import BinaryIO
 from lp.atomic import staged_dir
 from lp.checkpoints import EXPANSION_FILE
 from lp.errors import LpError
-from lp.expansion.arch import ArchFacts, arch_facts, depth_fields, init_value
+from lp.expansion.arch import ArchFacts, arch_facts, check_init, depth_fields, init_value
 from lp.expansion.plan import ExpansionPlan
 
 INDEX = "model.safetensors.index.json"
@@ -98,7 +98,18 @@ def _bin_tensor(info: TensorInfo, name: str):
 
 # ---- the output layout --------------------------------------------------------------
 
-LAYER = re.compile(r"^(?P<prefix>.*?layers)\.(?P<i>\d+)\.(?P<rest>.+)$")
+BLOCK_INDEX = re.compile(r"\.(\d+)\.")
+
+
+def block_tensor(name: str, prefix: str) -> tuple[str, int, str] | None:
+    """(prefix as written, block index, name below the block) of a checkpoint tensor
+    of the block list ``prefix``, also when a checkpoint omits the leading part
+    (GPT-2's ``h.0.`` for ``transformer.h.0.``); None for any other tensor."""
+    for m in BLOCK_INDEX.finditer(name):
+        head = name[: m.start()]
+        if head == prefix or prefix.endswith("." + head):
+            return head, int(m.group(1)), name[m.end() :]
+    return None
 
 
 @dataclass(frozen=True)
@@ -112,21 +123,22 @@ class OutTensor:
 def output_tensors(
     tensors: dict[str, TensorInfo], plan: ExpansionPlan, facts: ArchFacts, dtype: str | None
 ) -> list[OutTensor]:
-    prefix = facts.layers
+    prefix = facts.saved_layers or facts.layers
     by_layer: dict[int, list[int]] = {}
     for j, src in enumerate(plan.layer_map):
         by_layer.setdefault(src, []).append(j)
     new = set(plan.new_layers)
     out = []
     for name, info in tensors.items():
-        m = LAYER.match(name)
+        block = block_tensor(name, prefix)
         to = TORCH_NAMES[dtype] if (dtype and info.dtype in ("F64", "F32", "F16", "BF16")) else info.dtype
-        if m is None or m["prefix"] != prefix:
+        if block is None:
             out.append(OutTensor(name, name, to, None))
             continue
-        for j in by_layer.get(int(m["i"]), []):
-            fill = init_value(m["rest"], plan.init, facts) if j in new else None
-            out.append(OutTensor(f"{prefix}.{j}.{m['rest']}", name, to, fill))
+        head, i, rest = block
+        for j in by_layer.get(i, []):
+            fill = init_value(rest, plan.init, facts) if j in new else None
+            out.append(OutTensor(f"{head}.{j}.{rest}", name, to, fill))
     return sorted(out, key=lambda t: natural_key(t.name))
 
 
@@ -245,11 +257,19 @@ def _copy_range(src: Path, offset: int, n: int, dst: BinaryIO) -> None:
 
 
 def expand_checkpoint(
-    src: Path, dst: Path, plan: ExpansionPlan, shard_size: int, dtype: str | None = None, force: bool = False
+    src: Path,
+    dst: Path,
+    plan: ExpansionPlan,
+    shard_size: int,
+    dtype: str | None = None,
+    force: bool = False,
+    verify: bool = True,
 ) -> Path:
-    """Write the expanded checkpoint to ``dst`` (built beside it, renamed at the end)."""
+    """Write the expanded checkpoint to ``dst`` (built beside it, renamed at the end);
+    with ``verify``, only once its logits are proved equal to the base's."""
     config = json.loads((src / "config.json").read_text())
-    facts = arch_facts(config.get("model_type"))
+    facts = arch_facts(config)
+    check_init(plan, facts)
     tensors = source_tensors(src)
     out = output_tensors(tensors, plan, facts, dtype)
     with staged_dir(dst, replace=force) as tmp:
@@ -268,11 +288,27 @@ def expand_checkpoint(
             json.dumps(expanded_config(config, plan, facts, dtype), indent=2) + "\n"
         )
         (tmp / EXPANSION_FILE).write_text(plan.to_json(base_model=str(src)) + "\n")
+        if verify:
+            from lp.expansion.verify import verify_expansion  # torch: only when checking
+
+            verify_expansion(src, tmp, plan, dtype)
     return dst
 
 
+def depth_key(config: dict) -> str:
+    """The config.json key of the depth (GPT-2's ``n_layer`` for ``num_hidden_layers``)."""
+    if "num_hidden_layers" in config:
+        return "num_hidden_layers"
+    from transformers import CONFIG_MAPPING  # configuration classes only: no torch
+
+    cls = CONFIG_MAPPING[config.get("model_type")]
+    return getattr(cls, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
+
+
 def expanded_config(config: dict, plan: ExpansionPlan, facts: ArchFacts, dtype: str | None) -> dict:
-    config = {**config, **depth_fields(config.get, plan, facts)}
+    fields = depth_fields(config.get, plan, facts)
+    fields[depth_key(config)] = fields.pop("num_hidden_layers")
+    config = {**config, **fields}
     if dtype:
         for key in ("torch_dtype", "dtype"):
             if key in config:

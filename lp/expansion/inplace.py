@@ -7,25 +7,27 @@ import copy
 import torch
 from torch import nn
 
-from lp.expansion.arch import ArchFacts, arch_facts, depth_fields, init_value
+from lp.expansion.arch import ArchFacts, arch_facts, check_init, depth_fields, init_value
 from lp.expansion.plan import ExpansionPlan
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     if hasattr(model, "get_base_model"):  # a peft wrapper (LoRA): the blocks are in the base
         model = model.get_base_model()
-    return model.get_submodule(arch_facts(model.config.model_type).layers)
+    return model.get_submodule(arch_facts(model.config).layers)
 
 
-def expand_model(model: nn.Module, plan: ExpansionPlan) -> nn.Module:
+def expand_model(model: nn.Module, plan: ExpansionPlan, facts: ArchFacts | None = None) -> nn.Module:
     """Insert the plan's new blocks into ``model`` (in place) and return it.
 
     Original blocks are kept as the same module objects (their tensors are not
     copied); new blocks are deep copies of their source block, initialised per
     ``plan.init``. Attention ``layer_idx`` and per-layer config fields follow the
-    new layout so generation with a KV cache works.
+    new layout so generation with a KV cache works. ``facts`` default to
+    ``arch_facts`` of the model's config.
     """
-    facts = arch_facts(model.config.model_type)
+    facts = facts or arch_facts(model.config)
+    check_init(plan, facts)
     layers = model.get_submodule(facts.layers)
     if len(layers) != plan.base_layers:
         raise ValueError(f"plan expects {plan.base_layers} base layers, model has {len(layers)}")
@@ -54,7 +56,8 @@ def init_new_block(block: nn.Module, init: str, facts: ArchFacts) -> None:
 
 def renumber_layers(model: nn.Module, facts: ArchFacts) -> None:
     for j, block in enumerate(model.get_submodule(facts.layers)):
-        block.get_submodule(facts.attention).layer_idx = j
+        for path, attr, offset in facts.layer_index:
+            setattr(block.get_submodule(path), attr, j + offset)
         if hasattr(block, "layer_idx"):
             block.layer_idx = j
 
