@@ -264,6 +264,23 @@ def test_the_chat_stream_resumes_at_the_next_row(tok):
     assert max(starts) >= 2  # rows hold several conversations, so a held-over one is part of the state
 
 
+def test_ranks_share_each_global_batch_of_chat_rows(tok):
+    """Under DDP each rank keeps its block of the one-process chat stream (as the text
+    stream does): side by side they are the one-process rows, and every rank records
+    the one-process position, so rank 0's checkpointed state resumes them all."""
+    tok = with_template(tok, DEFAULT_TEMPLATE)
+    sources = [source_of([short(i) for i in range(7)], "a"), source_of([TALK, short(9)], "b")]
+    single = ChatStream(sources, tok, 48, 0, 0.2)
+    one = list(itertools.islice(iter(single), 8))
+    shares = [ChatStream(sources, tok, 48, 0, 0.2, rank=r, world=2, block=2) for r in range(2)]
+    ranks = [list(itertools.islice(iter(s), 4)) for s in shares]
+    side_by_side = [row for step in range(2) for r in range(2) for row in ranks[r][2 * step : 2 * step + 2]]
+    assert [torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(side_by_side, one, strict=True)] == [
+        True
+    ] * 8
+    assert all(s.state_dict() == single.state_dict() for s in shares)
+
+
 # ---- stage=sft end to end, on the smoke-sized tiny base ---------------------------------------
 
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lp.data.chat import chat_tokenizer
 from lp.data.chatpack import OVERLONG, ChatStream, eval_conversations
 from lp.data.chatsources import ChatSource, build_chat_source
-from lp.data.datamodule import TrainedStateLoader
+from lp.data.datamodule import TrainedStateLoader, loader_generator, trainer_rank
 from lp.data.packing import eval_rows
 from lp.data.sources import Source, build_source
 from lp.errors import LpError
@@ -91,20 +91,29 @@ class ChatDataModule(L.LightningDataModule):
             ]
 
     def train_stream(self) -> ChatStream:
+        rank, world = trainer_rank(self)
         return ChatStream(self.sources, self.tokenizer, self.seq_len, self.seed, self.eval_fraction,
-                          self.packing, self.overlong)  # fmt: skip
+                          self.packing, self.overlong, rank=rank, world=world,
+                          block=self.batch_size)  # fmt: skip
 
     def train_dataloader(self) -> TrainedStateLoader:
         if self.num_workers > 0:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         return TrainedStateLoader(
-            self.train_stream(), batch_size=self.batch_size, num_workers=self.num_workers
+            self.train_stream(),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            generator=loader_generator(self.seed),
         )
 
     def val_dataloader(self) -> list[DataLoader]:
+        """Each rank evaluates every world-th row; the module's metrics sum over ranks."""
+        rank, world = trainer_rank(self)
         out = []
         for d in self.domains:
-            rows = self.eval_sets[d]
+            rows = self.eval_sets[d][rank::world]
             data = TensorDataset(rows) if isinstance(rows, torch.Tensor) else rows
-            out.append(DataLoader(data, batch_size=self.eval_batch_size))
+            out.append(
+                DataLoader(data, batch_size=self.eval_batch_size, generator=loader_generator(self.seed))
+            )
         return out

@@ -31,7 +31,7 @@ from torch.utils.data import IterableDataset
 
 from lp.data.chat import IGNORE, Rendered, render
 from lp.data.chatsources import ChatSource, is_eval_chat
-from lp.data.packing import _tuplify, shard_index
+from lp.data.packing import _tuplify, rank_share, shard_index
 from lp.errors import LpError
 
 OVERLONG = ("truncate", "drop")
@@ -93,7 +93,9 @@ class ChatCursor:
 class ChatStream(IterableDataset):
     """An endless stream of training rows from weighted chat sources: each
     conversation comes from a source chosen with probability proportional to its
-    weight. Every rank and dataloader worker reads a disjoint shard.
+    weight. Every dataloader worker reads a disjoint shard; under data parallelism
+    every rank reads the one-process stream and keeps its block of each global batch
+    (``rank_share``, as ``PackedMixture`` does), so rank 0's state resumes every rank.
 
     ``state_dict``/``load_state_dict`` follow ``lp.data.packing.PackedMixture``'s
     protocol (torchdata's StatefulDataLoader saves them in Lightning checkpoints):
@@ -102,8 +104,10 @@ class ChatStream(IterableDataset):
     """
 
     def __init__(self, sources: list[ChatSource], tokenizer, seq_len: int, seed: int, eval_fraction: float,
-                 packing: bool = True, overlong: str = "truncate"):  # fmt: skip
+                 packing: bool = True, overlong: str = "truncate", rank: int = 0, world: int = 1,
+                 block: int = 1):  # fmt: skip
         self.sources, self.tokenizer = sources, tokenizer
+        self.rank, self.world, self.block = rank, world, block
         self.seq_len, self.seed, self.eval_fraction = seq_len, seed, eval_fraction
         self.packing, self.overlong = packing, overlong
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -117,6 +121,10 @@ class ChatStream(IterableDataset):
         self._resume = dict(state) if state else None
 
     def __iter__(self) -> Iterator[dict]:
+        rows = self._rows()
+        return rank_share(rows, self.rank, self.world, self.block) if self.world > 1 else rows
+
+    def _rows(self) -> Iterator[dict]:
         shard, nshards = shard_index()
         state, self._resume = self._resume, None
         rng = random.Random(f"{self.seed}/{shard}")

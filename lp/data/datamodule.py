@@ -111,31 +111,27 @@ class MixtureDataModule(L.LightningDataModule):
                 ]
             )
 
-    def _generator(self) -> torch.Generator:
-        """A loader's own generator: each iterator it starts draws a seed, which would
-        otherwise come from torch's global one and shift training's random numbers
-        (dropout) by every evaluation; a resumed run then draws what an uninterrupted
-        one draws (lp.resume)."""
-        return torch.Generator().manual_seed(self.seed)
-
     def train_dataloader(self) -> StatefulDataLoader:
         if self.num_workers > 0:
             # workers tokenise in parallel already; the Rust thread pool would oversubscribe
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         seed = train_order_seed(self.seed, self.train_seed)
-        rank, world = self._rank()
+        rank, world = trainer_rank(self)
         data = PackedMixture(
             self.sources, self.tokenizer, self.seq_len, seed, self.eval_fraction,
             self.reset_position_ids, rank=rank, world=world, block=self.batch_size,
         )  # fmt: skip
         return TrainedStateLoader(
-            data, batch_size=self.batch_size, num_workers=self.num_workers, generator=self._generator()
+            data,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            generator=loader_generator(self.seed),
         )
 
     def val_dataloader(self) -> list[DataLoader]:
         """Each rank evaluates every world-th row of each eval set; the module's
         metrics sum over ranks, so the values are the one-process ones."""
-        rank, world = self._rank()
+        rank, world = trainer_rank(self)
         for d in self.domains:
             if len(self.eval_sets[d]) < world:
                 raise LpError(
@@ -146,15 +142,10 @@ class MixtureDataModule(L.LightningDataModule):
             DataLoader(
                 TensorDataset(self.eval_sets[d][rank::world]),
                 batch_size=self.eval_batch_size,
-                generator=self._generator(),
+                generator=loader_generator(self.seed),
             )
             for d in self.domains
         ]
-
-    def _rank(self) -> tuple[int, int]:
-        """(global rank, world size) of the Trainer this module serves; (0, 1) without one."""
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
 
 def train_order_seed(seed: int, train_seed: int) -> int:
@@ -165,3 +156,17 @@ def train_order_seed(seed: int, train_seed: int) -> int:
     into a new one, so ``seed=1,2`` give new orders whatever ``data.seed`` is (a plain
     sum would give data.seed=1, seed=0 and data.seed=0, seed=1 the same order)."""
     return seed if train_seed == 0 else zlib.crc32(f"{seed}/train/{train_seed}".encode())
+
+
+def trainer_rank(data: L.LightningDataModule) -> tuple[int, int]:
+    """(global rank, world size) of the Trainer ``data`` serves; (0, 1) without one."""
+    trainer = data.trainer
+    return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+
+def loader_generator(seed: int) -> torch.Generator:
+    """A loader's own generator: each iterator it starts draws a seed, which would
+    otherwise come from torch's global one and shift training's random numbers
+    (dropout) by every evaluation; a resumed run then draws what an uninterrupted
+    one draws (lp.resume)."""
+    return torch.Generator().manual_seed(seed)
