@@ -39,7 +39,17 @@ def run_config(log_dir: Path) -> dict[str, str]:
     from omegaconf import OmegaConf
 
     f = config_file(log_dir)
-    return flatten(OmegaConf.to_container(OmegaConf.load(f), resolve=False)) if f else {}
+    if not f:
+        return {}
+    cfg = OmegaConf.load(f)
+    flat = flatten(OmegaConf.to_container(cfg, resolve=False))
+    for key, value in flat.items():  # interpolations within the config (debug=smoke's seq_len)
+        if "${" in value:
+            try:
+                flat[key] = str(OmegaConf.select(cfg, key, throw_on_resolution_failure=True))
+            except Exception:  # Hydra's own resolvers (${hydra:...}) exist only inside a run
+                pass
+    return flat
 
 
 def flatten(tree, prefix: str = "") -> dict[str, str]:

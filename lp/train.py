@@ -156,11 +156,18 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
 
 def _logger(cfg: DictConfig, step: int):
     """TensorBoard continues a resumed run's curves: events at ``step`` and later, from
-    the run that was cut off, are dropped when read (``purge_step``); 0 for a fresh
-    start, so a run cut off before its first checkpoint leaves no duplicate step 0."""
-    if str(cfg.logger.get("_target_", "")).endswith("TensorBoardLogger"):
-        return instantiate(cfg.logger, purge_step=step)
-    return instantiate(cfg.logger)
+    the run that was cut off, are dropped when read (``purge_step``). A fresh start
+    purges only over the events of an attempt cut off before its first checkpoint
+    (else their step 0 would be doubled): a purge is a marker in the new event file, and
+    TensorBoard reads a run's files in name order, which is not always the order they
+    were written in (several runs of one sweep in one process, within one second)."""
+    if not str(cfg.logger.get("_target_", "")).endswith("TensorBoardLogger"):
+        return instantiate(cfg.logger)
+    if step == 0:
+        probe = instantiate(cfg.logger)
+        earlier = any(Path(probe.log_dir).glob("events.out.tfevents.*"))
+        return instantiate(cfg.logger, purge_step=0) if earlier else probe
+    return instantiate(cfg.logger, purge_step=step)
 
 
 def _flat(cfg: DictConfig, keys) -> dict:
