@@ -27,11 +27,10 @@ import random
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import IterableDataset
 
 from lp.data.chat import IGNORE, Rendered, render
 from lp.data.chatsources import ChatSource, is_eval_chat
-from lp.data.packing import _tuplify, rank_share, shard_index
+from lp.data.packing import ResumableStream, _tuplify, shard_index
 from lp.errors import LpError
 
 OVERLONG = ("truncate", "drop")
@@ -90,7 +89,7 @@ class ChatCursor:
         return {"raw": self.next_raw}
 
 
-class ChatStream(IterableDataset):
+class ChatStream(ResumableStream):
     """An endless stream of training rows from weighted chat sources: each
     conversation comes from a source chosen with probability proportional to its
     weight. Every dataloader worker reads a disjoint shard; under data parallelism
@@ -106,23 +105,11 @@ class ChatStream(IterableDataset):
     def __init__(self, sources: list[ChatSource], tokenizer, seq_len: int, seed: int, eval_fraction: float,
                  packing: bool = True, overlong: str = "truncate", rank: int = 0, world: int = 1,
                  block: int = 1):  # fmt: skip
+        super().__init__(rank, world, block)
         self.sources, self.tokenizer = sources, tokenizer
-        self.rank, self.world, self.block = rank, world, block
         self.seq_len, self.seed, self.eval_fraction = seq_len, seed, eval_fraction
         self.packing, self.overlong = packing, overlong
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self._resume: dict | None = None
-        self._live: dict | None = None
-
-    def state_dict(self) -> dict:
-        return dict(self._live or self._resume or {})
-
-    def load_state_dict(self, state: dict) -> None:
-        self._resume = dict(state) if state else None
-
-    def __iter__(self) -> Iterator[dict]:
-        rows = self._rows()
-        return rank_share(rows, self.rank, self.world, self.block) if self.world > 1 else rows
 
     def _rows(self) -> Iterator[dict]:
         shard, nshards = shard_index()

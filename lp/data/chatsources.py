@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lp.data.chat import conversation
-from lp.data.sources import is_eval, shuffled_passes, source_seed
+from lp.data.sources import hub_args, is_eval, shuffled_passes, source_seed
 from lp.errors import LpError, first_line
 
 Conversations = Callable[[int, int], Iterator[list[dict]]]  # (seed, start) -> endless stream
@@ -75,19 +75,9 @@ def _files(name: str, cfg: dict, common: dict) -> Conversations:
 
 def _hub(name: str, cfg: dict, common: dict) -> Conversations:
     """A Hugging Face dataset (hub id or local dataset directory), streamed."""
-    path = str(cfg.get("path", ""))
-    if not path:
-        raise LpError(f"chat source {name!r}: kind=hf needs a dataset path (hub id or directory)")
-    offline = any(
-        os.environ.get(v, "0").lower() in ("1", "true") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
-    if offline and not Path(path).expanduser().is_dir():
-        raise LpError(
-            f"chat source {name!r}: the hub dataset {path!r} needs network, but HF_HUB_OFFLINE is set; "
-            "use data=chat_offline, local files (data=chat_local) or unset HF_HUB_OFFLINE"
-        )
-    args = {k: cfg[k] for k in ("name", "data_dir", "data_files", "revision") if cfg.get(k) is not None}
-    ds = _stream(name, dict(path=path, split=cfg.get("split", "train"), **args), path)
+    args = hub_args(f"chat source {name!r}", cfg, "data=chat_offline, local files (data=chat_local)")
+    path = args["path"]
+    ds = _stream(name, dict(split=cfg.get("split", "train"), **args), path)
     if not any(True for _ in _checked(ds, path, HUB_CHECKED_ROWS)):
         raise LpError(f"chat source {name!r}: {path} holds no rows")
     return _shuffled(name, cfg, [ds], [path])

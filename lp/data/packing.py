@@ -67,7 +67,35 @@ class TokenCursor:
         return {"raw": raw, "offset": self.offset + self.skip}
 
 
-class PackedMixture(IterableDataset):
+class ResumableStream(IterableDataset):
+    """The state protocol of lp's training streams (text and chat): torchdata's
+    StatefulDataLoader, which Lightning saves in its checkpoints, calls
+    ``state_dict``/``load_state_dict``; a subclass's ``_rows`` sets ``self._live`` to
+    the state after each row it yields and starts from ``self._resume``.
+
+    Under data parallelism (``world`` > 1) every rank reads the one-process stream and
+    keeps its block of ``block`` rows out of each ``block * world`` (``rank_share``)."""
+
+    def __init__(self, rank: int = 0, world: int = 1, block: int = 1):
+        self.rank, self.world, self.block = rank, world, block
+        self._resume: dict | None = None
+        self._live: dict | None = None
+
+    def state_dict(self) -> dict:
+        return dict(self._live or self._resume or {})
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = dict(state) if state else None
+
+    def __iter__(self) -> Iterator[dict]:
+        rows = self._rows()
+        return rank_share(rows, self.rank, self.world, self.block) if self.world > 1 else rows
+
+    def _rows(self) -> Iterator[dict]:
+        raise NotImplementedError
+
+
+class PackedMixture(ResumableStream):
     """An endless stream of ``seq_len``-token rows drawn from weighted sources.
 
     Each row comes whole from one source, chosen with probability proportional
@@ -88,22 +116,10 @@ class PackedMixture(IterableDataset):
     def __init__(self, sources: list[Source], tokenizer, seq_len: int, seed: int, eval_fraction: float,
                  reset_position_ids: bool = False, rank: int = 0, world: int = 1,
                  block: int = 1):  # fmt: skip
+        super().__init__(rank, world, block)
         self.sources, self.tokenizer = sources, tokenizer
-        self.rank, self.world, self.block = rank, world, block
         self.seq_len, self.seed, self.eval_fraction = seq_len, seed, eval_fraction
         self.reset_position_ids = reset_position_ids
-        self._resume: dict | None = None
-        self._live: dict | None = None
-
-    def state_dict(self) -> dict:
-        return dict(self._live or self._resume or {})
-
-    def load_state_dict(self, state: dict) -> None:
-        self._resume = dict(state) if state else None
-
-    def __iter__(self) -> Iterator[dict]:
-        rows = self._rows()
-        return rank_share(rows, self.rank, self.world, self.block) if self.world > 1 else rows
 
     def _rows(self) -> Iterator[dict]:
         shard, nshards = shard_index()

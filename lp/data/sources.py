@@ -185,19 +185,26 @@ def _files(name: str, cfg: dict) -> Documents:
 
 def _hub(name: str, cfg: dict) -> Documents:
     """A Hugging Face dataset (hub id or local dataset directory), streamed: no full download."""
+    args = hub_args(f"data source {name!r}", cfg, "data=offline, local files (data=local)")
+    return _hf_stream(name, cfg, cfg.get("text_field", "text"), args)
+
+
+def hub_args(what: str, cfg: dict, offline_choices: str) -> dict:
+    """``load_dataset`` arguments of a ``kind=hf`` source (text or chat); a hub id is
+    refused up front when the hub is switched off (a local dataset directory is fine)."""
     path = str(cfg.get("path", ""))
     if not path:
-        raise LpError(f"data source {name!r}: kind=hf needs a dataset path (hub id or directory)")
+        raise LpError(f"{what}: kind=hf needs a dataset path (hub id or directory)")
     offline = any(
         os.environ.get(v, "0").lower() in ("1", "true") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
     )
     if offline and not Path(path).expanduser().is_dir():
         raise LpError(
-            f"data source {name!r}: the hub dataset {path!r} needs network, but HF_HUB_OFFLINE is set; "
-            "use data=offline, local files (data=local) or unset HF_HUB_OFFLINE"
+            f"{what}: the hub dataset {path!r} needs network, but HF_HUB_OFFLINE is set; "
+            f"use {offline_choices} or unset HF_HUB_OFFLINE"
         )
     args = {k: cfg[k] for k in ("name", "data_dir", "data_files", "revision") if cfg.get(k) is not None}
-    return _hf_stream(name, cfg, cfg.get("text_field", "text"), dict(path=path, **args))
+    return dict(path=path, **args)
 
 
 def _hf_stream(name: str, cfg: dict, text_field: str, load_args: dict) -> Documents:
