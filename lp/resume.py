@@ -62,7 +62,7 @@ FIXED = (
     "data.seed",
     "data.reset_position_ids",
     "trainer.accumulate_grad_batches",
-    "stage",
+    "stage.name",
     "data.train_seed",
     "data.packing",
     "data.overlong",

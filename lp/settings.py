@@ -101,6 +101,11 @@ def _range(lo, hi, lo_op: str, hi_op: str) -> str:
     return (" " + " and ".join(p for p in parts if p)) if any(parts) else ""
 
 
+def strings(v) -> str | None:
+    ok = isinstance(v, list) and all(isinstance(x, str) for x in v)
+    return None if ok else "a list of strings ([] for none)"
+
+
 def _show(v) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
@@ -141,6 +146,7 @@ def rules() -> dict[str, Check]:
         "data.overlong": choice(*OVERLONG),
         "data.default_template": boolean,
         "stage.samples.max_new_tokens": integer(1),
+        "stage.samples.prompts": strings,
         "optim.lr": number(0, open_lo=True),
         "optim.weight_decay": number(0),
         "optim.betas": pair(number(0, 1, open_hi=True)),

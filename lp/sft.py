@@ -112,6 +112,12 @@ class ChatStats(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         for k in self.totals:
-            if k in batch:
-                self.totals[k] += int(batch[k].sum())
+            if k in batch:  # each rank sees its block of the global batch: sum them
+                self.totals[k] += int(trainer.strategy.reduce(batch[k].sum(), reduce_op="sum"))
                 pl_module.log(f"data/overlong_{k}", float(self.totals[k]), reduce_fx="max")
+
+    def state_dict(self) -> dict:  # a resumed run goes on counting (lp.resume)
+        return dict(self.totals)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.totals.update(state)

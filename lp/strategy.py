@@ -66,6 +66,24 @@ def check(cfg) -> None:
             f"speed.frozen_dtype={cfg.speed.frozen_dtype} does not combine with strategy={s.name}: the "
             "strategy's mixed precision casts the weights; use speed.frozen_dtype=auto"
         )
+    if cfg.callbacks.checkpoint.enabled:
+        # lp.resume's slim checkpoints rely on the module's own state dict: FSDP loads its
+        # state before the module's hook can refill the frozen weights, and DeepSpeed writes
+        # a directory of its own that the resume checks cannot read
+        raise LpError(
+            f"resumable checkpoints are not supported with strategy={s.name} yet; "
+            "set callbacks.checkpoint.enabled=false (or use strategy=ddp)"
+        )
+    if s.name in ("fsdp", "deepspeed_zero3") and (cfg.callbacks.benchmark.enabled or _samples(cfg)):
+        # both run a forward pass on rank 0 alone, which a sharded model cannot do (it would hang)
+        raise LpError(
+            f"callbacks.benchmark.enabled and stage.samples.prompts run on rank 0 alone and do not combine "
+            f"with strategy={s.name}; turn them off (stage.samples.prompts=[]) or use strategy=ddp"
+        )
+
+
+def _samples(cfg) -> bool:
+    return cfg.get("stage", {}).get("name") == "sft" and bool(cfg.stage.get("samples", {}).get("prompts"))
 
 
 def speed_options(name: str, speed: Mapping) -> dict:

@@ -157,6 +157,7 @@ TRAIN = [
     (["stage=sft", "data.overlong=cut"], "data.overlong='cut' is not allowed; allowed: truncate, drop"),
     (["stage=sft", "data.packing=2"], "data.packing=2"),
     (["stage=sft", "stage.samples.max_new_tokens=0"], "stage.samples.max_new_tokens=0"),
+    (["stage=sft", "stage.samples.prompts=null"], "stage.samples.prompts=None is not allowed"),
 ]
 
 

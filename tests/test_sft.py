@@ -387,3 +387,22 @@ def test_each_sft_method_trains_what_it_says(two_stages, method, lp_cache, tmp_p
         assert changed and {int(k.split(".")[2]) for k in changed} == set(new)
     else:  # lora: the adapted projections of every block, nothing else
         assert changed == {k for k in before if k.endswith("proj.weight")}
+
+
+def test_overlong_counts_are_summed_over_ranks_and_kept_across_a_resume():
+    from types import SimpleNamespace
+
+    from lp.sft import ChatStats
+
+    world = 2  # a stand-in strategy whose reduce sums two ranks holding the same counts
+    trainer = SimpleNamespace(strategy=SimpleNamespace(reduce=lambda t, reduce_op: t * world))
+    logged = []
+    module = SimpleNamespace(log=lambda name, value, **kw: logged.append((name, value)))
+    batch = {"truncated": torch.tensor([1, 0]), "dropped": torch.tensor([0, 1])}
+    first = ChatStats()
+    first.on_train_batch_end(trainer, module, None, batch, 0)
+    resumed = ChatStats()
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))  # as a checkpoint holds it
+    resumed.on_train_batch_end(trainer, module, None, batch, 1)
+    assert resumed.totals == {"truncated": 4, "dropped": 4}
+    assert logged[-2:] == [("data/overlong_truncated", 4.0), ("data/overlong_dropped", 4.0)]

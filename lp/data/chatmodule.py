@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lp.data.chat import chat_tokenizer
 from lp.data.chatpack import OVERLONG, ChatStream, eval_conversations
 from lp.data.chatsources import ChatSource, build_chat_source
-from lp.data.datamodule import TrainedStateLoader, loader_generator, trainer_rank
+from lp.data.datamodule import TrainedStateLoader, loader_generator, train_order_seed, trainer_rank
 from lp.data.packing import eval_rows
 from lp.data.sources import Source, build_source
 from lp.errors import LpError
@@ -37,6 +37,7 @@ class ChatDataModule(L.LightningDataModule):
         eval_tokens: int = 8192,
         eval_fraction: float = 0.05,
         seed: int = 0,
+        train_seed: int = 0,
         num_workers: int = 1,
         packing: bool = True,
         overlong: str = "truncate",
@@ -56,6 +57,7 @@ class ChatDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.seq_len, self.batch_size, self.eval_batch_size = seq_len, batch_size, eval_batch_size
         self.eval_tokens, self.eval_fraction, self.seed = eval_tokens, eval_fraction, seed
+        self.train_seed = train_seed  # the training order only (lp.data.datamodule.train_order_seed)
         self.num_workers, self.packing, self.overlong = num_workers, packing, overlong
         self.default_template = default_template
         self.eval_sets: dict[str, list[dict] | torch.Tensor] = {}
@@ -92,7 +94,8 @@ class ChatDataModule(L.LightningDataModule):
 
     def train_stream(self) -> ChatStream:
         rank, world = trainer_rank(self)
-        return ChatStream(self.sources, self.tokenizer, self.seq_len, self.seed, self.eval_fraction,
+        seed = train_order_seed(self.seed, self.train_seed)
+        return ChatStream(self.sources, self.tokenizer, self.seq_len, seed, self.eval_fraction,
                           self.packing, self.overlong, rank=rank, world=world,
                           block=self.batch_size)  # fmt: skip
 
