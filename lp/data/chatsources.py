@@ -10,17 +10,15 @@ stream); a bad row is one ``LpError`` naming its file and row.
 
 from __future__ import annotations
 
-import glob
 import itertools
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lp.data.chat import conversation
-from lp.data.sources import hub_args, is_eval, shuffled_passes, source_seed
+from lp.data.sources import hub_args, is_eval, matching_files, shuffled_passes, source_seed
 from lp.errors import LpError, first_line
 
 Conversations = Callable[[int, int], Iterator[list[dict]]]  # (seed, start) -> endless stream
@@ -54,18 +52,10 @@ def _generated(name: str, cfg: dict, common: dict) -> Conversations:
 
 def _files(name: str, cfg: dict, common: dict) -> Conversations:
     """jsonl, json or parquet chat files (globs allowed), each row checked now."""
-    patterns = cfg.get("files")
-    if not patterns or patterns == "???":
-        raise LpError(f"chat source {name!r}: no files given; set data.sources.{name}.files=/path/*.jsonl")
-    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-    paths = sorted({p for pat in patterns for p in glob.glob(os.path.expanduser(str(pat)), recursive=True)})
-    if not paths:
-        raise LpError(f"chat source {name!r}: no file matches {', '.join(map(str, patterns))}")
+    paths = matching_files(f"chat source {name!r}", name, cfg)
     for p in paths:
         if Path(p).suffix not in BUILDERS:
             raise LpError(f"chat source {name!r}: {p} is not one of {', '.join(BUILDERS)}")
-        if os.path.getsize(p) == 0:
-            raise LpError(f"chat source {name!r}: {p} is empty")
     streams = [_stream(name, dict(path=BUILDERS[Path(p).suffix], data_files=[p]), p) for p in paths]
     for path, ds in zip(paths, streams, strict=True):
         if sum(1 for _ in _checked(ds, path, None)) == 0:  # every row read and checked

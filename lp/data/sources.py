@@ -160,18 +160,25 @@ def _package_text(name: str, cfg: dict) -> Documents:
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text", ".text": "text"}
 
 
-def _files(name: str, cfg: dict) -> Documents:
-    """jsonl, json, parquet or plain-text files (globs allowed), streamed by ``datasets``."""
+def matching_files(what: str, name: str, cfg: dict) -> list[str]:
+    """The files ``cfg["files"]`` (a path or glob, or a list of them) names, sorted;
+    none, or an empty one, is refused in one line (text and chat sources)."""
     patterns = cfg.get("files")
     if not patterns or patterns == "???":
-        raise LpError(f"data source {name!r}: no files given; set data.sources.{name}.files=/path/*.jsonl")
+        raise LpError(f"{what}: no files given; set data.sources.{name}.files=/path/*.jsonl")
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     paths = sorted({p for pat in patterns for p in glob.glob(os.path.expanduser(str(pat)), recursive=True)})
     if not paths:
-        raise LpError(f"data source {name!r}: no file matches {', '.join(map(str, patterns))}")
+        raise LpError(f"{what}: no file matches {', '.join(map(str, patterns))}")
     empty = [p for p in paths if os.path.getsize(p) == 0]
     if empty:
-        raise LpError(f"data source {name!r}: {empty[0]} is empty")
+        raise LpError(f"{what}: {empty[0]} is empty")
+    return paths
+
+
+def _files(name: str, cfg: dict) -> Documents:
+    """jsonl, json, parquet or plain-text files (globs allowed), streamed by ``datasets``."""
+    paths = matching_files(f"data source {name!r}", name, cfg)
     kinds = {BUILDERS.get(Path(p).suffix) for p in paths}
     if None in kinds or len(kinds) > 1:
         raise LpError(
