@@ -406,3 +406,21 @@ def test_overlong_counts_are_summed_over_ranks_and_kept_across_a_resume():
     resumed.on_train_batch_end(trainer, module, None, batch, 1)
     assert resumed.totals == {"truncated": 4, "dropped": 4}
     assert logged[-2:] == [("data/overlong_truncated", 4.0), ("data/overlong_dropped", 4.0)]
+
+
+def test_chat_training_order_follows_the_runs_seed(tok, tmp_path):
+    """data.train_seed (the run's seed) reorders the chat training stream as it does the
+    text stream; 0 keeps data.seed's order."""
+    from lp.data.chatmodule import ChatDataModule
+    from lp.data.datamodule import train_order_seed
+
+    f = tmp_path / "chat.jsonl"
+    f.write_text("".join(json.dumps({"messages": short(i)}) + "\n" for i in range(4)))
+    sources = {"chat": {"kind": "files", "files": str(f), "domain": "chat"}}
+    seeds = []
+    for train_seed in (0, 1):
+        dm = ChatDataModule(
+            with_template(tok, DEFAULT_TEMPLATE), sources, None, seed=3, train_seed=train_seed
+        )
+        seeds.append(dm.train_stream().seed)
+    assert seeds == [3, train_order_seed(3, 1)] and seeds[0] != seeds[1]
