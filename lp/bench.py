@@ -40,6 +40,7 @@ SHAPES = {  # base shapes (as in the naive reference); --blocks new blocks go on
                  num_key_value_heads=4, vocab_size=32000),
     "8.3b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                  num_key_value_heads=32, vocab_size=32000),
+    "smollm2": None,  # the default run's real base, SmolLM2-135M (30 -> 38 layers), as lp.train loads it
 }  # fmt: skip
 # micro-batch, sequence, steps, warm-up steps, rounds: the naive reference's
 # settings for tiny and 1.5b; micro-batch 2 for 8.3b, where the issue's target is set
@@ -47,26 +48,42 @@ DEFAULTS = {
     "tiny": dict(mb=2, seq=64, steps=12, warmup=3, rounds=10),
     "1.5b": dict(mb=4, seq=2048, steps=10, warmup=4, rounds=1),
     "8.3b": dict(mb=2, seq=4096, steps=8, warmup=3, rounds=1),
+    "smollm2": dict(mb=2, seq=128, steps=20, warmup=3, rounds=3),  # the default run's batch shape
 }
 RUNS = [(runner, mode) for mode in ("block_expansion", "full_finetune") for runner in ("plain", "lp")]
 
 
 def build(shape: str, blocks: int, device: torch.device):
     """The expanded model, built directly on the device (a host-side fp32 init of
-    8B parameters takes minutes)."""
+    8B parameters takes minutes); ``smollm2``: the real base, loaded as lp.train loads it."""
     torch.manual_seed(0)
-    cfg = LlamaConfig(**SHAPES[shape], max_position_embeddings=8192, use_cache=False)
-    with torch.device(device):
-        model = LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa")
-    plan = make_plan(cfg.num_hidden_layers, blocks)
+    if SHAPES[shape] is None:
+        model = real_base(shape).to(device)
+    else:
+        cfg = LlamaConfig(**SHAPES[shape], max_position_embeddings=8192, use_cache=False)
+        with torch.device(device):
+            model = LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa")
+    plan = make_plan(model.config.num_hidden_layers, blocks)
     expand_model(model, plan)
     return model.train(), plan
+
+
+def real_base(name: str):
+    """The base of ``conf/model/<name>.yaml`` (converted once and cached, lp.models)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from lp.models import load_model, resolve_base
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "model" / f"{name}.yaml")
+    return load_model(resolve_base(cfg, {}), "sdpa", "float32")
 
 
 def plain_loop(model, plan, mode: str, batches, device) -> list[float]:
     """What a user writes by hand (the naive reference's step)."""
     cuda = device.type == "cuda"
-    if METHODS[mode].trainable == "new_blocks":
+    if METHODS[mode].trainable == "layers":
         model.requires_grad_(False)
         for j in plan.new_layers:
             model.model.layers[j].requires_grad_(True)

@@ -18,7 +18,8 @@ from lp.strategy import is_sharded
 
 class FreezeCallback(BaseFinetuning):
     """Choose what trains: what the module's method trains (``Method.trainable``:
-    ``new_blocks``, the plan's new blocks as in the paper; ``all``; or ``added``,
+    ``layers``, the module's ``train_layers``: the plan's new blocks as in the paper, or
+    the layers they copy for ``in_place``; ``all``; or ``added``,
     the parameters a method added: LoRA adapters, MoE experts), plus the norms,
     the input embedding or the output head when ``train_norms``,
     ``train_embeddings`` or ``train_lm_head`` asks for them."""
@@ -36,9 +37,9 @@ class FreezeCallback(BaseFinetuning):
             self.make_trainable(model)
             return
         self.freeze(model, train_bn=False)
-        if trainable == "new_blocks" and pl_module.plan is not None:
+        if trainable == "layers":
             layers = decoder_layers(model)
-            self.make_trainable([layers[j] for j in pl_module.plan.new_layers])
+            self.make_trainable([layers[j] for j in pl_module.train_layers])
         if trainable == "added":
             for name, p in model.named_parameters():
                 p.requires_grad = is_added(name)

@@ -1,11 +1,13 @@
 """Gain and forgetting against training tokens (``lp.report``'s ``curves.csv``,
-``curves_by_config.csv`` and ``forgetting_vs_tokens.png``).
+``curves_by_config.csv``, ``forgetting_vs_tokens.png`` and ``pareto.png``).
 
 At every evaluation of a run: the domain gain (mean drop of the new-domain
-losses from step 0) and the forgetting (rise of the general loss from step 0),
-against the tokens trained on so far; then, per configuration and evaluation
-step, their mean and spread over seeds, so methods are compared at matched
-token counts rather than only at the end.
+losses from step 0) and the forgetting by each measure (``MEASURES``: the rise of
+the general loss and of the loss on the base's own text from step 0, and the KL to
+the base), against the tokens trained on so far; then, per configuration and
+evaluation step, their mean and spread over seeds, so methods are compared at
+matched token counts rather than only at the end. ``pareto.png`` draws gain against
+each measure, one line per configuration through its evaluations.
 """
 
 from __future__ import annotations
@@ -48,29 +50,44 @@ def trained_steps(config: dict[str, str], evaluations: int) -> list[int] | None:
     return steps if len(steps) == evaluations else None
 
 
+# forgetting measures: column -> (how a run's curves give it at evaluation i, axis label)
+MEASURES = {
+    "forgetting": (lambda c, i: _rise(c.get("val/general/loss"), i), "rise of the general loss"),
+    "forgetting self": (lambda c, i: _rise(c.get("val/self/loss"), i), "rise of the loss on the base's text"),
+    "kl": (lambda c, i: _at(c.get("forgetting/kl"), i), "KL(base || model), nats/token"),
+}  # fmt: skip
+VALUES = ("gain", *MEASURES)
+
+
+def _at(curve, i: int) -> float:
+    return curve[i][1] if curve and i < len(curve) else math.nan
+
+
+def _rise(curve, i: int) -> float:
+    return curve[i][1] - curve[0][1] if curve and i < len(curve) else math.nan
+
+
 def points(run) -> list[dict]:
     """One row per evaluation of ``run`` (a ``lp.report`` Run): steps trained, tokens,
-    gain, forgetting. Domains are matched by evaluation, in order."""
-    general = [v for _, v in run.curves.get("val/general/loss", [])]
-    domains = [[v for _, v in c] for t, c in sorted(run.curves.items()) if "/general/" not in t]
+    gain and each forgetting measure. Domains are matched by evaluation, in order."""
+    general = run.curves.get("val/general/loss", [])
+    domains = [[v for _, v in c] for c in run.new_domain_curves()]
     if not general or not domains:
         return []
-    steps = trained_steps(run.config, len(general)) or [s for s, _ in run.curves["val/general/loss"]]
+    steps = trained_steps(run.config, len(general)) or [s for s, _ in general]
     per = tokens_per_step(run.config)
     out = []
     for i, step in enumerate(steps):
         drops = [c[0] - c[i] for c in domains if i < len(c)]
-        out.append({
-            "step": step,
-            "tokens": step * per if per is not None else math.nan,
-            "gain": sum(drops) / len(drops) if drops else math.nan,
-            "forgetting": general[i] - general[0],
-        })  # fmt: skip
+        row = {"step": step, "tokens": step * per if per is not None else math.nan,
+               "gain": sum(drops) / len(drops) if drops else math.nan}  # fmt: skip
+        out.append(row | {key: measure(run.curves, i) for key, (measure, _) in MEASURES.items()})
     return out
 
 
 def pooled(groups: dict[str, list]) -> list[dict]:
-    """Per configuration and evaluation step: mean, std and n over seeds of gain and forgetting."""
+    """Per configuration and evaluation step: mean, std and n over seeds of the gain and
+    of each forgetting measure."""
     out = []
     for name, runs in groups.items():
         by_step: dict[int, list[dict]] = {}
@@ -79,15 +96,21 @@ def pooled(groups: dict[str, list]) -> list[dict]:
                 by_step.setdefault(p["step"], []).append(p)
         for step, ps in sorted(by_step.items()):
             row = {"configuration": name, "step": step, "tokens": ps[0]["tokens"]}
-            for key in ("gain", "forgetting"):
-                row[f"{key} mean"], row[f"{key} std"], row["n"] = spread([p[key] for p in ps])
+            for key in VALUES:
+                row[f"{key} mean"], row[f"{key} std"], n = spread([p[key] for p in ps])
+                row["n"] = max(row.get("n", 0), n)
             out.append(row)
     return out
 
 
-RUN_COLUMNS = ["configuration", "run", "seed", "step", "tokens", "gain", "forgetting"]
-POOLED_COLUMNS = ["configuration", "step", "tokens", "n", "gain mean", "gain std", "forgetting mean",
-                  "forgetting std"]  # fmt: skip
+RUN_COLUMNS = ["configuration", "run", "seed", "step", "tokens", *VALUES]
+POOLED_COLUMNS = [
+    "configuration",
+    "step",
+    "tokens",
+    "n",
+    *(f"{k} {s}" for k in VALUES for s in ("mean", "std")),
+]
 
 
 def write_curves(groups: dict[str, list], out: Path) -> list[dict]:
@@ -101,6 +124,7 @@ def write_curves(groups: dict[str, list], out: Path) -> list[dict]:
     write_atomic(out / "curves.csv", _csv(per_run, RUN_COLUMNS))
     write_atomic(out / "curves_by_config.csv", _csv(table, POOLED_COLUMNS))
     _figure(table, out / "forgetting_vs_tokens.png")
+    _pareto(table, out / "pareto.png")
     return table
 
 
@@ -140,6 +164,34 @@ def _figure(table: list[dict], path: Path) -> None:
         ax.axhline(0, color="grey", lw=0.5)
     axes[1].set_title("mean over seeds, band/bars: ± 1 std")
     axes[2].legend(fontsize=7, loc="best")
+    save_figure(fig, path)
+
+
+def _pareto(table: list[dict], path: Path) -> None:
+    """Gain against each forgetting measure, side by side: per configuration one line
+    through its evaluations (mean over seeds, bars ± 1 std). Lower right is better."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lp.report import save_figure
+
+    shown = [k for k in MEASURES if any(not math.isnan(r[f"{k} mean"]) for r in table)]
+    if not shown:
+        return
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4.5), squeeze=False)
+    for ax, key in zip(axes[0], shown, strict=True):
+        for name in dict.fromkeys(r["configuration"] for r in table):
+            rows = [r for r in table if r["configuration"] == name and not math.isnan(r[f"{key} mean"])]
+            ax.errorbar([r["gain mean"] for r in rows], [r[f"{key} mean"] for r in rows],
+                        xerr=[_zero(r["gain std"]) for r in rows],
+                        yerr=[_zero(r[f"{key} std"]) for r in rows],
+                        marker=".", capsize=2, label=name)  # fmt: skip
+        ax.set(xlabel="domain gain (mean drop of code/math loss)", ylabel=MEASURES[key][1])
+        ax.axhline(0, color="grey", lw=0.5)
+    axes[0][0].set_title("gain vs forgetting along each run (mean over seeds, ± 1 std)")
+    axes[0][-1].legend(fontsize=6, loc="best")
     save_figure(fig, path)
 
 

@@ -17,6 +17,7 @@ from torchmetrics.aggregation import MeanMetric
 from transformers import get_cosine_schedule_with_warmup
 
 from lp.expansion import ExpansionPlan
+from lp.forgetting import RETAINED, STATE_KEY, Forgetting
 from lp.methods import Method, export_weights, get_method
 from lp.resume import drop_frozen, fill_frozen
 from lp.stderr import RowStdErr, row_losses
@@ -27,9 +28,12 @@ class CausalLMModule(L.LightningModule):
     (``method.trainable`` decides what the freeze callback leaves trainable).
 
     Logs ``train/loss``, ``val/<domain>/loss`` for every eval domain, its standard
-    error ``val/<domain>/loss_se`` (eval rows as units, ``lp.stderr``) and
-    ``forgetting/general``: the current general-domain loss minus the value at
-    the first validation (run one before training, as ``lp.train`` does).
+    error ``val/<domain>/loss_se`` (eval rows as units, ``lp.stderr``) and, for the
+    base's own domains (``general``, ``self``), ``forgetting/<domain>``: the current loss
+    minus the value at the first validation (run one before training, as ``lp.train``
+    does), with the standard error of the per-row differences, and ``forgetting/kl``
+    (``lp.forgetting``: ``kl_reference`` and ``kl_topk`` say how the base's
+    distributions are had; ``None``: no KL).
     """
 
     def __init__(
@@ -42,6 +46,9 @@ class CausalLMModule(L.LightningModule):
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_ratio: float = 0.06,
+        kl_reference: str | None = None,
+        kl_topk: int | None = None,
+        train_layers: tuple[int, ...] | None = None,
     ):
         super().__init__()
         self.model, self.plan, self.domains = model, plan, list(domains)
@@ -54,8 +61,17 @@ class CausalLMModule(L.LightningModule):
         self.warmup_ratio = warmup_ratio
         self.val_loss = torch.nn.ModuleDict({d: MeanMetric() for d in self.domains})
         self.val_se = torch.nn.ModuleDict({d: RowStdErr() for d in self.domains})
+        # the decoder layers that train where the method trains layers: the plan's new blocks
+        # (block_expansion), or the base layers expansion would copy (in_place)
+        if train_layers is None:
+            train_layers = self.method.train_layers(plan) if plan is not None else ()
+        self.train_layers = tuple(train_layers)
         # saved in checkpoints so a resumed run keeps measuring against the same base
-        self.register_buffer("baseline_general", torch.tensor(float("nan")))
+        for d in RETAINED:
+            if d in self.domains:
+                self.register_buffer(f"baseline_{d}", torch.tensor(float("nan")))
+        new = plan.new_layers if plan is not None else ()
+        self.forgetting = Forgetting(self.domains, kl_reference, kl_topk, new)
 
     def export_weights(self, state: dict | None = None) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
         """An ordinary Hugging Face model (class and config) and the weights that make it
@@ -75,19 +91,27 @@ class CausalLMModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=ids.shape[0], sync_dist=True)
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        self.forgetting.start()
+
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         ids, labels = _inputs(batch)
-        out = self(ids, labels, batch.get("position_ids") if isinstance(batch, dict) else None)
+        positions = batch.get("position_ids") if isinstance(batch, dict) else None
+        out = self(ids, labels, positions)
         predicted = (labels[:, 1:] != -100).sum()
         domain = self.domains[dataloader_idx]
         self.val_loss[domain].update(out.loss.float(), weight=predicted)
-        self.val_se[domain].update(row_losses(out.logits, labels))
+        losses = row_losses(out.logits, labels)
+        self.val_se[domain].update(losses)
+        if not self.trainer.sanity_checking:
+            self.forgetting.update(self, domain, _rows(batch), losses, ids, out.logits, labels, positions)
 
     def on_validation_epoch_end(self) -> None:
         metrics = [*self.val_loss.values(), *self.val_se.values()]
         if self.trainer.sanity_checking:
             for m in metrics:
                 m.reset()
+            self.forgetting.reset()
             return
         losses = {d: m.compute() for d, m in self.val_loss.items() if m.update_called}
         errors = {d: self.val_se[d].compute().float() for d in losses}
@@ -96,19 +120,23 @@ class CausalLMModule(L.LightningModule):
         for d, v in losses.items():
             self.log(f"val/{d}/loss", v, add_dataloader_idx=False, sync_dist=False)
             self.log(f"val/{d}/loss_se", errors[d], add_dataloader_idx=False, sync_dist=False)
-        if "general" in losses:
-            if torch.isnan(self.baseline_general):
-                self.baseline_general.fill_(losses["general"].item())
-            self.log(
-                "forgetting/general", losses["general"] - self.baseline_general, add_dataloader_idx=False
-            )
+        for d in self.forgetting.domains:
+            if d in losses:
+                baseline = getattr(self, f"baseline_{d}")
+                if torch.isnan(baseline):
+                    baseline.fill_(losses[d].item())
+                self.log(f"forgetting/{d}", losses[d] - baseline, add_dataloader_idx=False)
+        for tag, value in self.forgetting.finish().items():
+            self.log(tag, value.float(), add_dataloader_idx=False, sync_dist=False)
 
     # checkpoints hold what trains: frozen weights come back from the rebuilt base (lp.resume)
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         drop_frozen(self, checkpoint)
+        checkpoint[STATE_KEY] = self.forgetting.state()  # the step-0 rows and distributions
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         fill_frozen(self, checkpoint)
+        self.forgetting.load(checkpoint.get(STATE_KEY, {}))
 
     def configure_optimizers(self):
         decay, no_decay = [], []
@@ -156,5 +184,10 @@ def _grad_scaler(trainer):
 def _inputs(batch) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(batch, dict):
         return batch["input_ids"], batch["labels"]
-    (ids,) = batch  # text eval sets: packed rows, every position is a target
+    ids = batch[0]  # text eval sets: packed rows, every position is a target
     return ids, ids
+
+
+def _rows(batch) -> torch.Tensor:
+    """The global indices of an eval batch's rows (every rank evaluates its share)."""
+    return batch["row"] if isinstance(batch, dict) else batch[1]

@@ -17,6 +17,7 @@ SETTINGS = (
     "expansion.source",
     "expansion.init",
     "optim.lr",
+    "data.replay",
     "seed",
 )
 # the metric families whose final values the HPARAMS entry lists: validation losses,

@@ -24,6 +24,7 @@ from lp.atomic import write_atomic
 from lp.curves import write_curves
 from lp.errors import LpError, print_error
 from lp.expansion.checkpoint import natural_key
+from lp.forgetting import RETAINED
 from lp.record import FAILED, METRIC_FAMILIES, SETTINGS, read_failure
 from lp.seeds import config_file, group, run_config, write_by_config, write_paired
 
@@ -33,16 +34,20 @@ class Run:
     name: str
     settings: dict
     final: dict  # tag -> last value
-    curves: dict = field(default_factory=dict)  # val/<domain>/loss -> [(step, value)]
+    curves: dict = field(default_factory=dict)  # val/<domain>/loss, forgetting/kl -> [(step, value)]
     config: dict = field(default_factory=dict)  # the composed Hydra config, flattened (lp.seeds)
 
     @property
     def domains(self) -> list[str]:
         return sorted(t.split("/")[1] for t in self.final if _is_loss(t))
 
+    def new_domain_curves(self) -> list[list[tuple[int, float]]]:
+        """The loss curves of the new domains: every eval domain but the base's own."""
+        return [c for t, c in sorted(self.curves.items()) if _is_loss(t) and t.split("/")[1] not in RETAINED]
+
     def gain(self) -> float:
-        """Mean drop of the new-domain losses (every domain but general) from step 0."""
-        drops = [c[0][1] - c[-1][1] for t, c in self.curves.items() if "/general/" not in t]
+        """Mean drop of the new-domain losses from step 0."""
+        drops = [c[0][1] - c[-1][1] for c in self.new_domain_curves()]
         return sum(drops) / len(drops) if drops else math.nan
 
     def bench_gain(self) -> float:
@@ -74,13 +79,13 @@ def read_run(log_dir: Path, name: str) -> tuple[Run | None, str]:
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     acc.Reload()
     tags = set(acc.Tags().get("scalars", []))
-    # the losses themselves, not their standard errors (val/<domain>/loss_se)
-    curves = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags if _is_loss(t)}
-    if not curves:
+    # the losses themselves, not their standard errors (val/<domain>/loss_se), and the KL
+    curves = {t: [(e.step, e.value) for e in scalars(acc, t)] for t in tags if _is_loss(t) or t in CURVES}
+    if not any(_is_loss(t) for t in curves):
         return None, "no evaluation logged yet"
     if max(len(c) for c in curves.values()) < 2:
         return None, "no evaluation after training yet (still running or stopped early)"
-    final = {t: acc.Scalars(t)[-1].value for t in tags}
+    final = {t: scalars(acc, t)[-1].value for t in tags}
     if "perf/tokens_per_s" in tags:
         values = [e.value for e in acc.Scalars("perf/tokens_per_s")]
         final["perf/tokens_per_s"] = sum(values) / len(values)
@@ -96,8 +101,19 @@ def read_run(log_dir: Path, name: str) -> tuple[Run | None, str]:
     return Run(name, settings, final, curves, run_config(log_dir)), ""
 
 
+def scalars(acc, tag: str) -> list:
+    """A tag's events in the order they were logged. TensorBoard reads a run's event files
+    in name order, and ``...<pid>.10`` sorts before ``...<pid>.9``: a run whose step-0
+    validation and training wrote files 9 and 10 in one second would read backwards."""
+    return sorted(acc.Scalars(tag), key=lambda e: (e.step, e.wall_time))
+
+
 def _is_loss(tag: str) -> bool:
     return tag.startswith("val/") and tag.endswith("/loss")
+
+
+CURVES = ("forgetting/kl",)  # read at every evaluation besides the losses (lp.curves)
+FORGETTING = [f"forgetting/{d}" for d in (*RETAINED, "kl")]  # the report's forgetting columns
 
 
 def _hydra_settings(log_dir: Path) -> dict:
@@ -137,15 +153,16 @@ COLUMNS = {key: "method" if key == "method.name" else key.rsplit(".", 1)[-1] for
 def table(runs: list[Run]) -> tuple[list[str], list[list]]:
     domains = sorted({d for r in runs for d in r.domains})
     bench = _bench_columns(runs)
+    forgetting = [t for t in FORGETTING if any(t in r.final for r in runs)]
     header = ["run", *COLUMNS.values(), "trainable params", *(f"val/{d}/loss" for d in domains),
-              "domain gain", "forgetting/general", *bench, "tokens/s"]  # fmt: skip
+              "domain gain", *forgetting, *bench, "tokens/s"]  # fmt: skip
     rows = []
     for r in sorted(runs, key=lambda r: (-_num(r.gain()), r.name)):
         rows.append([
             r.name, *(_setting(r.settings.get(k, "")) for k in COLUMNS),
             int(r.final.get("perf/trainable_params", 0)),
             *(r.final.get(f"val/{d}/loss", math.nan) for d in domains),
-            r.gain(), r.final.get("forgetting/general", math.nan),
+            r.gain(), *(r.final.get(t, math.nan) for t in forgetting),
             *(r.final.get(t, math.nan) for t in bench), r.final.get("perf/tokens_per_s", math.nan),
         ])  # fmt: skip
     return header, rows
@@ -207,18 +224,21 @@ def _text(v, column: str) -> str:
     return f"{v:.4f}" if _better(column) else f"{v:g}"  # a setting (lr 2e-05) keeps its digits
 
 
-AXES = {  # the gain-vs-forgetting figure: by validation losses or by benchmark scores
-    "loss": (
-        lambda r: (r.gain(), r.final.get("forgetting/general", math.nan)),
-        "domain gain: mean drop of code/math validation loss (higher is better)",
-        "forgetting/general: rise of general loss (lower is better)",
-    ),
-    "bench": (
-        lambda r: (r.bench_gain(), r.final.get("forgetting/bench/general", math.nan)),
-        "domain gain: mean rise of the math/code benchmark averages (higher is better)",
-        "forgetting/bench/general: drop of the general benchmark average (lower is better)",
-    ),
-}
+LOSS_GAIN = "domain gain: mean drop of code/math validation loss (higher is better)"
+AXES = {  # the gain-vs-forgetting figure: (the y tag, its label); x is the gain of the same kind
+    "loss": ("forgetting/general", "forgetting/general: rise of general loss (lower is better)"),
+    "self": ("forgetting/self", "forgetting/self: rise of the loss on the base's own text (lower is better)"),
+    "kl": ("forgetting/kl", "forgetting/kl: KL(base || model) on general rows, nats/token (lower is better)"),
+    "bench": ("forgetting/bench/general", "forgetting/bench/general: drop of the general benchmark average "
+              "(lower is better)"),
+}  # fmt: skip
+HOW = {"bench": "train with callbacks.benchmark.enabled=true", "kl": "train with forgetting.kl=true",
+       "self": "train with data.self_tokens > 0", "loss": "give data.general"}  # fmt: skip
+
+
+def _point(r: Run, axes: str) -> tuple[float, float]:
+    x = r.bench_gain() if axes == "bench" else r.gain()
+    return x, r.final.get(AXES[axes][0], math.nan)
 
 
 def figures(runs: list[Run], out: Path, axes: str = "loss") -> None:
@@ -227,10 +247,15 @@ def figures(runs: list[Run], out: Path, axes: str = "loss") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    point, xlabel, ylabel = AXES[axes]
+    ylabel = AXES[axes][1]
+    xlabel = (
+        "domain gain: mean rise of the math/code benchmark averages (higher is better)"
+        if axes == "bench"
+        else LOSS_GAIN
+    )
     fig, ax = plt.subplots(figsize=(7, 5))
     for r in runs:
-        x, y = point(r)
+        x, y = _point(r, axes)
         ax.scatter(x, y)
         ax.annotate(_label(r.name), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel(xlabel)
@@ -278,11 +303,8 @@ def report(sweep: Path, out: Path, axes: str = "loss") -> tuple[list[Run], list[
     if not runs:
         why = "; ".join(f"{n}: {w}" for n, w in skipped) or "no TensorBoard event files found"
         raise LpError(f"no finished run under {sweep} ({why})")
-    if axes == "bench" and not any("forgetting/bench/general" in r.final for r in runs):
-        raise LpError(
-            f"--axes bench: no run under {sweep} logged benchmarks; "
-            "train with callbacks.benchmark.enabled=true"
-        )
+    if not any(AXES[axes][0] in r.final for r in runs):
+        raise LpError(f"--axes {axes}: no run under {sweep} logged {AXES[axes][0]}; {HOW[axes]}")
     out.mkdir(parents=True, exist_ok=True)
     header, rows = table(runs)
     write_atomic(out / "report.md", markdown(header, rows, skipped, sweep).encode())

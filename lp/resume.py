@@ -67,6 +67,9 @@ FIXED = (
     "data.packing",
     "data.overlong",
     "data.default_template",
+    "data.replay",
+    "data.self_tokens",
+    "forgetting",
 )
 UNCOMPARED = ("cache_dir",)  # leaves under FIXED that name where a cache lives, not what it holds
 KEY = "lp"  # the checkpoint entry this module writes

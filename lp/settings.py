@@ -113,6 +113,7 @@ def _show(v) -> str:
 def rules() -> dict[str, Check]:
     """Setting -> check, for every numeric and enumerated setting of every group."""
     from lp.data.chatpack import OVERLONG
+    from lp.forgetting import REFERENCES
     from lp.methods import METHODS
     from lp.speed import CHOICES
     from lp.strategy import SHARDING, STRATEGIES
@@ -142,6 +143,11 @@ def rules() -> dict[str, Check]:
         "data.train_seed": integer(0),
         "data.num_workers": integer(0),
         "data.reset_position_ids": boolean,
+        "data.replay": number(0, 1, open_hi=True),
+        "data.self_tokens": integer(0),
+        "forgetting.kl": boolean,
+        "forgetting.reference": choice(*REFERENCES),
+        "forgetting.topk": integer(1, optional=True),
         "data.packing": boolean,
         "data.overlong": choice(*OVERLONG),
         "data.default_template": boolean,

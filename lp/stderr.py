@@ -14,13 +14,14 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 
 
-class RowStdErr(Metric):
-    """Standard error of the mean of per-row losses, ``std(ddof=1) / sqrt(n)``.
+class RowStats(Metric):
+    """Mean and standard error of the mean of per-row values, ``std(ddof=1) / sqrt(n)``;
+    ``compute()`` returns ``tensor([mean, stderr])`` (float64).
 
     Hand-written: torchmetrics aggregates means, not their standard errors. Its
     states (count, sum, sum of squares, in float64) are summed over ranks by
     torchmetrics' own sync, so a run on any number of devices gives the value one
-    device would give for the same rows. Fewer than two rows: NaN."""
+    device would give for the same rows. Fewer than two rows: the error is NaN."""
 
     full_state_update = False
 
@@ -30,16 +31,24 @@ class RowStdErr(Metric):
             self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, values: torch.Tensor) -> None:
-        v = values.detach().to(torch.float64).flatten()
+        v = values.detach().to(self.total.device, torch.float64).flatten()
         self.n += v.numel()
         self.total += v.sum()
         self.squares += (v * v).sum()
 
     def compute(self) -> torch.Tensor:
+        mean = self.total / self.n.clamp(min=1)
         if self.n < 2:
-            return torch.tensor(float("nan"), dtype=torch.float64)
+            return torch.stack([mean, torch.tensor(float("nan"), dtype=torch.float64, device=mean.device)])
         variance = (self.squares - self.total**2 / self.n) / (self.n - 1)
-        return (variance.clamp(min=0) / self.n).sqrt()
+        return torch.stack([mean, (variance.clamp(min=0) / self.n).sqrt()])
+
+
+class RowStdErr(RowStats):
+    """The standard error alone (``val/<domain>/loss_se``)."""
+
+    def compute(self) -> torch.Tensor:
+        return super().compute()[1]
 
 
 def row_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -21,9 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from lp.callbacks import FreezeCallback, IdentityCheck, Throughput
 from lp.checkpoints import check_checkpoint, read_expansion
-from lp.errors import first_line, print_error, refusal, run_cli
+from lp.errors import LpError, first_line, print_error, refusal, run_cli
 from lp.expansion import expand_model, make_plan
 from lp.export import export_checkpoint
+from lp.forgetting import choose_reference
 from lp.methods import get_method, prepare
 from lp.models import declared_layers, load_model, load_tokenizer, resolve_base
 from lp.module import CausalLMModule
@@ -100,6 +101,10 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
         method = sft_method(cfg.method.name, recorded, checkpoint)
     else:
         method = get_method(cfg.method.name, recorded.blocks if recorded else plan_args["blocks"])
+    if recorded and not method.inserts:
+        raise LpError(f"method={method.name} trains base layers in place; {checkpoint} is already expanded")
+    expands = not (recorded or sft)  # this run inserts the new blocks itself
+    kl = _kl_reference(cfg, method, expands)
     callbacks = _callbacks(cfg, run_dir)  # validates their settings before anything expensive
     # the sources are read before any model loads, so bad data settings fail first
     data = instantiate(cfg.data, tokenizer=None, _convert_="all")
@@ -127,14 +132,20 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
     tokenizer = data.use_tokenizer(load_tokenizer(name), name)  # chat data: with a chat template
     L.seed_everything(cfg.seed, workers=True)
     model = load_model(name, cfg.model.attn, cfg.model.dtype)
+    if getattr(data, "self_tokens", 0):  # sampled from the base before anything changes it
+        _own_text(data, model, tokenizer, base or base_reference(name), trainer)
     if sft:
         plan = sft_plan(recorded, model.config.num_hidden_layers)
     else:
         plan = recorded or make_plan(model.config.num_hidden_layers, **plan_args)
-    if not recorded and not sft:
+    train_layers = method.train_layers(plan)
+    if expands and method.inserts:
         expand_model(model, plan)
-    model = prepare(model, method, cfg.method)
-    module = CausalLMModule(model, plan, tuple(data.domains), method, **cfg.optim)
+    elif expands:  # in_place: the plan only named the layers; the model keeps its depth
+        plan = make_plan(model.config.num_hidden_layers, 0)
+    model = prepare(model, method, cfg.method, plan.new_layers)
+    module = CausalLMModule(model, plan, tuple(data.domains), method, **cfg.optim, kl_reference=kl,
+                            kl_topk=cfg.forgetting.topk, train_layers=train_layers)  # fmt: skip
     if not saved:  # the pre-training baseline, at step 0 (a resumed run has it in the checkpoint)
         trainer.validate(module, datamodule=data, verbose=False)
     trainer.fit(module, datamodule=data, ckpt_path=resume_from)
@@ -152,6 +163,34 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
         out = export_checkpoint(module, tokenizer, plan, name, run_dir / "export", state, record)
         print(f"lp: exported {out}\nlp: tensorboard --logdir {run_dir}")
     return RunResult(final, module, out)
+
+
+def _kl_reference(cfg: DictConfig, method, expands: bool) -> str | None:
+    """How ``forgetting/kl`` gets the base's distributions (``lp.forgetting``): skipping the
+    new blocks gives the base only where this run inserted them as identities and trains
+    nothing else of the base."""
+    exp = cfg.get("expansion", {})
+    identity = exp.get("init") != "copy" and exp.get("blocks", 0) > 0
+    bypassable = expands and method.inserts and method.keeps_base() and identity
+    why = f"method={method.name} changes the base's own weights"
+    if method.keeps_base():
+        why = "this run inserts no identity blocks (an expanded checkpoint, stage=sft or init=copy)"
+    if cfg.forgetting.kl and cfg.data.get("general") is None:
+        raise LpError(
+            "forgetting.kl=true needs the general eval set; give data.general or set forgetting.kl=false"
+        )
+    return choose_reference(cfg.forgetting.reference, cfg.forgetting.kl, bypassable, why)
+
+
+def _own_text(data, model, tokenizer, base: dict, trainer) -> None:
+    """The ``self`` eval set: text sampled once from the base (``lp.data.own_text``)."""
+    from lp.data.own_text import cached_own_text
+    from lp.gguf import default_cache
+
+    rows = -(-int(data.self_tokens) // data.seq_len)
+    device = trainer.strategy.root_device
+    data.use_own_text(cached_own_text(model, tokenizer, base, rows, data.seq_len, data.seed,
+                                      default_cache(), device))  # fmt: skip
 
 
 def _logger(cfg: DictConfig, step: int):

@@ -111,3 +111,37 @@ def test_paired_by_seed_against_the_first_configuration(tmp_path):
 def test_one_configuration_has_nothing_to_pair(tmp_path):
     write_paired(group(RUNS[:3]), pooled_metrics(RUNS[:3]), tmp_path)
     assert not (tmp_path / "paired.md").exists()
+
+
+def test_the_base_s_own_text_is_no_new_domain_and_the_kl_is_a_curve(tmp_path):
+    r = run("k0", 0, (3.0, 3.1, 3.2), (2.0, 1.5, 1.0))
+    r.curves["val/self/loss"] = [(0, 1.0), (7, 1.5), (15, 1.7)]  # rising: not a domain gain
+    r.curves["forgetting/kl"] = [(0, 0.0), (7, 0.02), (15, 0.05)]
+    assert r.gain() == pytest.approx(1.0)  # code only
+    p = points(r)
+    assert [x["forgetting self"] for x in p] == pytest.approx([0.0, 0.5, 0.7])
+    assert [x["kl"] for x in p] == [0.0, 0.02, 0.05]
+    write_curves(group([r]), tmp_path)
+    assert (tmp_path / "pareto.png").stat().st_size > 0
+    rows = list(csv.DictReader((tmp_path / "curves_by_config.csv").open()))
+    assert [float(x["kl mean"]) for x in rows] == [0.0, 0.02, 0.05]
+
+
+def test_a_run_whose_event_files_sort_backwards_reads_in_logged_order(tmp_path):
+    """TensorBoard reads a run's event files in name order: ``...pid.10`` (training) before
+    ``...pid.9`` (the step-0 validation) when both were written in one second."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lp.report import read_run
+
+    for steps, number in (((0,), 9), ((7, 15), 10)):
+        d = tmp_path / f"w{number}"
+        with SummaryWriter(str(d)) as w:
+            for s in steps:
+                w.add_scalar("val/code/loss", 2.0 - 0.1 * s, s)
+                w.add_scalar("val/general/loss", 3.0 + 0.01 * s, s)
+        (f,) = d.iterdir()
+        f.rename(tmp_path / f"events.out.tfevents.1796305530.vm.6036.{number}")
+    r, _ = read_run(tmp_path, "r")
+    assert r.curves["val/code/loss"][0][0] == 0 and r.final["val/code/loss"] == pytest.approx(0.5)
+    assert r.gain() == pytest.approx(1.5)

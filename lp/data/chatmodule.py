@@ -6,12 +6,18 @@ import os
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from lp.data.chat import chat_tokenizer
 from lp.data.chatpack import OVERLONG, ChatStream, eval_conversations
 from lp.data.chatsources import ChatSource, build_chat_source
-from lp.data.datamodule import TrainedStateLoader, loader_generator, train_order_seed, trainer_rank
+from lp.data.datamodule import (
+    TrainedStateLoader,
+    indexed_rows,
+    loader_generator,
+    train_order_seed,
+    trainer_rank,
+)
 from lp.data.packing import eval_rows
 from lp.data.sources import Source, build_source
 from lp.errors import LpError
@@ -114,8 +120,11 @@ class ChatDataModule(L.LightningDataModule):
         rank, world = trainer_rank(self)
         out = []
         for d in self.domains:
-            rows = self.eval_sets[d][rank::world]
-            data = TensorDataset(rows) if isinstance(rows, torch.Tensor) else rows
+            rows = self.eval_sets[d]
+            if isinstance(rows, torch.Tensor):
+                data = indexed_rows(rows, rank, world)
+            else:  # conversations: dicts, each with its global row index
+                data = [{**r, "row": i} for i, r in enumerate(rows)][rank::world]
             out.append(
                 DataLoader(data, batch_size=self.eval_batch_size, generator=loader_generator(self.seed))
             )

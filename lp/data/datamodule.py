@@ -42,7 +42,12 @@ class TrainedStateLoader(StatefulDataLoader):
 class MixtureDataModule(L.LightningDataModule):
     """Training rows from ``sources`` (name -> settings, weighted); one held-out
     eval set per domain that has a source, plus ``general`` (the base model's
-    own domain, which the forgetting measurement reads).
+    own domain, which the forgetting measurement reads) and, once ``use_own_text``
+    has given it, ``self`` (text sampled from the base, ``lp.data.own_text``).
+
+    ``replay``: the share of training rows drawn from the general corpus's training
+    side (its held-out documents stay out), as one more weighted source; the eval
+    sets do not change with it.
 
     Eval sets depend only on the source settings, ``seed``, ``seq_len``,
     ``eval_tokens`` and ``eval_fraction``, never on batch size, training
@@ -69,23 +74,32 @@ class MixtureDataModule(L.LightningDataModule):
         train_seed: int = 0,
         num_workers: int = 1,
         reset_position_ids: bool = False,
+        replay: float = 0.0,
+        self_tokens: int = 0,
     ):
         super().__init__()
         if not sources:
             raise LpError("data.sources is empty; give at least one training source")
+        if replay and not general:
+            raise LpError(f"data.replay={replay} needs a general corpus to replay; set data.general")
         self.tokenizer = tokenizer
         self.sources: list[Source] = [build_source(n, dict(c)) for n, c in sources.items()]
         self.general = build_source("general", {"domain": "general", **dict(general)}) if general else None
         self.seq_len, self.batch_size, self.eval_batch_size = seq_len, batch_size, eval_batch_size
         self.eval_tokens, self.eval_fraction = eval_tokens, eval_fraction
         self.seed, self.num_workers, self.reset_position_ids = seed, num_workers, reset_position_ids
-        self.train_seed = train_seed
+        self.train_seed, self.replay, self.self_tokens = train_seed, replay, self_tokens
         self.eval_sets: dict[str, torch.Tensor] = {}
+        self.own_text: torch.Tensor | None = None
 
     def use_tokenizer(self, tokenizer, name: str):
         """Set the tokenizer (plain text needs nothing more of it)."""
         self.tokenizer = tokenizer
         return tokenizer
+
+    def use_own_text(self, rows: torch.Tensor) -> None:
+        """The ``self`` eval set: rows sampled from the base (``lp.data.own_text``)."""
+        self.own_text = rows
 
     @property
     def domains(self) -> list[str]:
@@ -93,7 +107,18 @@ class MixtureDataModule(L.LightningDataModule):
         names = list(dict.fromkeys(s.domain for s in self.sources))
         if self.general is not None and "general" not in names:
             names.append("general")
+        if self.own_text is not None:
+            names.append("self")
         return names
+
+    @property
+    def training_sources(self) -> list[Source]:
+        """The sources training rows come from: ``sources``, plus the general corpus at the
+        weight that makes its share ``replay`` (rows are drawn in proportion to weight)."""
+        if not self.replay:
+            return self.sources
+        weight = self.replay / (1 - self.replay) * sum(s.weight for s in self.sources)
+        return [*self.sources, Source("replay", "general", weight, self.general.documents)]
 
     def setup(self, stage: str | None = None) -> None:
         if self.eval_sets:
@@ -101,7 +126,11 @@ class MixtureDataModule(L.LightningDataModule):
         by_domain: dict[str, list[Source]] = {}
         for s in [*self.sources, *([self.general] if self.general else [])]:
             by_domain.setdefault(s.domain, []).append(s)
+        if self.own_text is not None:
+            self.eval_sets["self"] = self.own_text
         for domain in self.domains:
+            if domain == "self":
+                continue
             parts = by_domain[domain]
             share = -(-self.eval_tokens // len(parts))
             self.eval_sets[domain] = torch.cat(
@@ -118,7 +147,7 @@ class MixtureDataModule(L.LightningDataModule):
         seed = train_order_seed(self.seed, self.train_seed)
         rank, world = trainer_rank(self)
         data = PackedMixture(
-            self.sources, self.tokenizer, self.seq_len, seed, self.eval_fraction,
+            self.training_sources, self.tokenizer, self.seq_len, seed, self.eval_fraction,
             self.reset_position_ids, rank=rank, world=world, block=self.batch_size,
         )  # fmt: skip
         return TrainedStateLoader(
@@ -140,12 +169,19 @@ class MixtureDataModule(L.LightningDataModule):
                 )
         return [
             DataLoader(
-                TensorDataset(self.eval_sets[d][rank::world]),
+                indexed_rows(self.eval_sets[d], rank, world),
                 batch_size=self.eval_batch_size,
                 generator=loader_generator(self.seed),
             )
             for d in self.domains
         ]
+
+
+def indexed_rows(rows: torch.Tensor, rank: int, world: int) -> TensorDataset:
+    """This rank's share of an eval set (every world-th row), each with its global index,
+    which pairs it with the same row at step 0 (``lp.forgetting``)."""
+    index = torch.arange(len(rows))
+    return TensorDataset(rows[rank::world], index[rank::world])
 
 
 def train_order_seed(seed: int, train_seed: int) -> int:

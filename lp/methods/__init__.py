@@ -10,8 +10,12 @@ architecture needs to compute the same function (the export).
 - ``block_expansion`` (paper): new blocks train, everything else is frozen.
 - ``expand_full``: expansion, then every parameter trains (added capacity without freezing).
 - ``full_finetune``: no expansion, every parameter trains.
-- ``lora``: no expansion, LoRA adapters (``peft``) on the base; export merges them.
+- ``lora``: LoRA adapters (``peft``) on the base, or, with ``expansion.blocks`` > 0, on the
+  new blocks only; export merges them.
 - ``moe``: the paper's MoE comparison (``lp.methods.moe``); export folds it back.
+- ``in_place``: the control for "is adding blocks necessary?": no new blocks; the base
+  layers that block expansion would copy (the plan's sources, same trainable count) train
+  in place.
 """
 
 from __future__ import annotations
@@ -31,16 +35,33 @@ LORA_PREFIX = "lora_"  # peft's LoraModel.prefix: lora_A, lora_B (not imported: 
 @dataclass(frozen=True)
 class Method:
     name: str
-    trainable: str  # "new_blocks" | "all" | "added" (parameters the method adds)
-    expands: bool  # whether expansion.blocks > 0 makes sense
+    # "layers": the decoder layers the run trains (the new blocks; in_place: the layers they
+    # would copy) | "all" | "added" (parameters the method adds)
+    trainable: str
+    blocks: str  # what expansion.blocks may be: "required" (> 0), "none" (0) or "either"
+    inserts: bool = True  # False: the plan only names layers; the model keeps its depth
+
+    def train_layers(self, plan) -> tuple[int, ...]:
+        """Indices of the decoder layers that train whole, in the model as built."""
+        if self.trainable != "layers":
+            return ()
+        if self.inserts:
+            return tuple(plan.new_layers)
+        return tuple(sorted({plan.layer_map[j] for j in plan.new_layers}))
+
+    def keeps_base(self) -> bool:
+        """Whether the base's own weights stay as loaded (only new blocks, or adapters on
+        them, train): the model with its new blocks skipped is then the base."""
+        return self.name in ("block_expansion", "lora")
 
 
 METHODS = {
-    "block_expansion": Method("block_expansion", "new_blocks", True),
-    "expand_full": Method("expand_full", "all", True),
-    "full_finetune": Method("full_finetune", "all", False),
-    "lora": Method("lora", "added", False),
-    "moe": Method("moe", "added", False),
+    "block_expansion": Method("block_expansion", "layers", "required"),
+    "expand_full": Method("expand_full", "all", "required"),
+    "full_finetune": Method("full_finetune", "all", "none"),
+    "lora": Method("lora", "added", "either"),
+    "moe": Method("moe", "added", "none"),
+    "in_place": Method("in_place", "layers", "required", inserts=False),
 }
 
 
@@ -51,9 +72,10 @@ def get_method(name: str, blocks: int | None = None) -> Method:
     m = METHODS[name]
     if blocks is None:
         return m
-    if m.expands and blocks == 0:
-        raise LpError(f"method={name} needs expansion.blocks > 0; for no expansion use method=full_finetune")
-    if not m.expands and blocks != 0:
+    if m.blocks == "required" and blocks == 0:
+        what = "names the layers to train by" if not m.inserts else "needs"
+        raise LpError(f"method={name} {what} expansion.blocks > 0; for no expansion use method=full_finetune")
+    if m.blocks == "none" and blocks != 0:
         raise LpError(
             f"method={name} trains the base model without expansion, but expansion.blocks={blocks}; "
             f"set expansion.blocks=0 (method={name} does) or use method=block_expansion / expand_full"
@@ -61,19 +83,34 @@ def get_method(name: str, blocks: int | None = None) -> Method:
     return m
 
 
-def prepare(model, method: Method, settings: Mapping):
-    """Add what the method trains (LoRA adapters, MoE experts) to a loaded model."""
+def prepare(model, method: Method, settings: Mapping, new_layers: tuple[int, ...] = ()):
+    """Add what the method trains (LoRA adapters, MoE experts) to a loaded model; LoRA
+    with ``new_layers`` (an expanded model) adapts only the modules of those blocks."""
     if method.name == "lora":
         from peft import LoraConfig, get_peft_model
 
+        targets = list(settings["target_modules"])
+        if new_layers:  # full module names: peft matches them whatever the family's layout
+            targets = _block_modules(model, new_layers, targets)
         cfg = LoraConfig(
             r=settings["r"], lora_alpha=settings["alpha"], lora_dropout=settings["dropout"],
-            target_modules=list(settings["target_modules"]), task_type="CAUSAL_LM",
+            target_modules=targets, task_type="CAUSAL_LM",
         )  # fmt: skip
         return get_peft_model(model, cfg)
     if method.name == "moe":
         return moe.add_experts(model, decoder_layers(model))
     return model
+
+
+def _block_modules(model, layers: tuple[int, ...], names: list[str]) -> list[str]:
+    """The full names of the modules called one of ``names`` inside decoder layers ``layers``."""
+    blocks = decoder_layers(model)
+    prefix = next(n for n, m in model.named_modules() if m is blocks)
+    found = [f"{prefix}.{j}.{sub}" for j in layers for sub, _ in blocks[j].named_modules()
+             if sub.rsplit(".", 1)[-1] in names]  # fmt: skip
+    if not found:
+        raise LpError(f"method.target_modules={names} names no module of the new blocks")
+    return found
 
 
 def is_added(name: str) -> bool:
