@@ -12,13 +12,20 @@ from pathlib import Path
 from lp.errors import LpError
 from lp.expansion.arch import ARCHS
 from lp.expansion.plan import ExpansionPlan
+from lp.weights import check_weight_files
 
 EXPANSION_FILE = "lp_expansion.json"
 WEIGHTS = ("*.safetensors", "pytorch_model*.bin")  # what transformers loads weights from
 
 
-def check_checkpoint(name_or_path: str, label: str = "model.name_or_path") -> None:
-    """Fail in one line, before any loading, on a path that is no causal-LM checkpoint."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "tokenizer.tiktoken")  # fmt: skip
+
+
+def check_checkpoint(name_or_path: str, label: str = "model.name_or_path", tokenizer: bool = False) -> None:
+    """Fail in one line, before any loading, on a path that is no causal-LM checkpoint:
+    no config, no weights, damaged weight files (``lp.weights``), or, with ``tokenizer``,
+    no tokenizer files."""
     path = Path(name_or_path).expanduser()
     looks_local = path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     if not looks_local:
@@ -40,6 +47,16 @@ def check_checkpoint(name_or_path: str, label: str = "model.name_or_path") -> No
             f"{label}={name_or_path} has a config.json but no weights ({' or '.join(WEIGHTS)}); "
             "is the download or copy complete?"
         )
+    check_weight_files(path, f"{label}={name_or_path}")
+    if tokenizer and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise LpError(f"{label}={name_or_path} has weights but no tokenizer ({', '.join(TOKENIZER_FILES)}); "
+                      "copy the base's tokenizer files next to them")  # fmt: skip
+
+
+def written_by_lp(path: Path) -> bool:
+    """Whether a directory is an lp export or expansion (it holds ``lp_expansion.json``):
+    the only non-empty directory lp replaces."""
+    return (Path(path) / EXPANSION_FILE).is_file()
 
 
 def is_causal_lm(model_type: str | None) -> bool:

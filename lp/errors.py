@@ -43,11 +43,16 @@ def unwrap(e: BaseException) -> LpError | None:
 def refusal(e: BaseException) -> LpError | None:
     """Bad input behind ``e``, as one ``LpError``: an ``LpError`` (also one wrapped by
     Hydra's ``instantiate`` or by a sweep's failed job), a mandatory value left
-    unset (``???``), or a config Hydra could not compose (unknown key, group or
-    override syntax). None for anything else: a bug, which keeps its traceback."""
+    unset (``???``), a config Hydra could not compose (unknown key, group or
+    override syntax), or an OS error of a path (a read-only or full location, a
+    missing permission, e.g. where Hydra makes the run directory). None for anything
+    else: a bug, which keeps its traceback."""
     found = unwrap(e)
     if found is not None:
         return found
+    if isinstance(e, OSError) and e.errno is not None:
+        where = f"{e.filename}: " if e.filename else ""
+        return LpError(f"{where}{e.strerror or os.strerror(e.errno)}")
     from hydra.errors import ConfigCompositionException, OverrideParseException
     from omegaconf.errors import MissingMandatoryValue
 
@@ -64,6 +69,15 @@ def refusal(e: BaseException) -> LpError | None:
         hint = next((line for line in lines if line.startswith("To append")), None)
         return LpError(f"{text} ({hint[0].lower()}{hint[1:]})" if hint else text)
     return None
+
+
+def refused_status(e: Exception) -> int:
+    """For an argparse entry point's ``except``: print bad input behind ``e`` in one line
+    and return exit status 2; re-raise anything else (a bug keeps its traceback)."""
+    found = refusal(e)
+    if found is None:
+        raise e
+    return print_error(found)
 
 
 @contextmanager

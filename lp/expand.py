@@ -12,11 +12,13 @@ import json
 import sys
 from pathlib import Path
 
-from lp.checkpoints import EXPANSION_FILE, check_checkpoint
-from lp.errors import LpError, print_error
+from lp.atomic import check_output
+from lp.checkpoints import EXPANSION_FILE, check_checkpoint, written_by_lp
+from lp.errors import LpError, refused_status
 from lp.expansion.checkpoint import TORCH_NAMES, depth_key, expand_checkpoint
 from lp.expansion.plan import INITS, POSITIONS, SOURCES, make_plan
 
+FLAGS = {"blocks": "--blocks", "position": "--position", "source": "--source", "init": "--init"}
 UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
 
 
@@ -35,7 +37,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--init", default="zero_out", choices=INITS, help="how a new block starts")
     p.add_argument("--shard-size", default="5GB", help="largest shard, e.g. 5GB, 500MB (default 5GB)")
     p.add_argument("--dtype", choices=sorted(TORCH_NAMES), help="convert floating tensors (default: keep)")
-    p.add_argument("--force", action="store_true", help="replace DST if it exists")
+    p.add_argument(
+        "--force", action="store_true",
+        help="replace DST if it is a directory lp wrote (it holds lp_expansion.json) or an empty one; "
+        "never a file, another directory, the input or a folder that holds it",
+    )  # fmt: skip
     p.add_argument(
         "--no-verify", action="store_true",
         help="skip the check that the expanded logits equal the base's (it loads both models)",
@@ -80,16 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         check_checkpoint(str(src), label="SRC")
         if (src / EXPANSION_FILE).is_file():
             raise LpError(f"{src} is already expanded ({EXPANSION_FILE}); expand its base model instead")
-        if dst.exists() and not args.force:
-            raise LpError(f"{dst} exists; pass --force to replace it")
+        dst = check_output(dst, "dir", "DST", inputs=[src], replace=args.force, owned=written_by_lp)
         config = json.loads((src / "config.json").read_text())
         layers = config.get(depth_key(config))
-        plan = make_plan(layers, args.blocks, parse_position(args.position), args.source, args.init)
+        plan = make_plan(layers, args.blocks, parse_position(args.position), args.source, args.init, names=FLAGS)
         out = expand_checkpoint(
             src, dst, plan, parse_size(args.shard_size), args.dtype, args.force, verify=not args.no_verify
         )
-    except LpError as e:
-        return print_error(e)
+    except Exception as e:  # bad input or an unwritable place: one line
+        return refused_status(e)
     new = list(plan.new_layers)
     print(f"lp: expanded {src} ({plan.base_layers} layers) -> {out} ({plan.num_layers} layers, new {new})")
     print(f"lp: train its new blocks with:\n  python -m lp.train model=hf model.name_or_path={out}")

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from lp.checkpoints import check_checkpoint, is_causal_lm
-from lp.errors import LpError
+from lp.errors import LpError, first_line
 from lp.settings import plain
 
 
@@ -38,7 +38,10 @@ def load_model(name_or_path: str, attn: str = "auto", dtype: str | torch.dtype =
 
 
 def load_tokenizer(name_or_path: str):
-    tok = AutoTokenizer.from_pretrained(name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError, TypeError, KeyError) as e:  # missing or damaged tokenizer files
+        raise LpError(f"the tokenizer of {name_or_path} cannot be loaded: {first_line(e)[:160]}") from None
     if tok.eos_token_id is None:
         raise LpError(f"the tokenizer of {name_or_path} has no EOS token; lp joins documents with it")
     return tok

@@ -20,9 +20,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lp.atomic import write_atomic
+from lp.atomic import check_output, write_atomic
 from lp.curves import write_curves
-from lp.errors import LpError, print_error
+from lp.errors import LpError, first_line, refused_status
 from lp.expansion.checkpoint import natural_key
 from lp.forgetting import RETAINED
 from lp.record import FAILED, METRIC_FAMILIES, SETTINGS, read_failure
@@ -134,6 +134,12 @@ def collect(sweep: Path) -> tuple[list[Run], list[tuple[str, str]]]:
         failure = read_failure(d)
         if failure is not None:
             skipped.append((name, f"failed: {failure}"))
+            continue
+        config = config_file(d)
+        try:  # the run's settings first: a damaged config is named as such
+            run_config(d)
+        except Exception as e:
+            skipped.append((name, f"unreadable {config} ({type(e).__name__}: {first_line(e)[:80]})"))
             continue
         try:
             run, why = read_run(d, name)
@@ -297,8 +303,7 @@ def save_figure(fig, path: Path) -> None:
 def report(sweep: Path, out: Path, axes: str = "loss") -> tuple[list[Run], list[tuple[str, str]]]:
     if not sweep.is_dir():
         raise LpError(f"{sweep} is not a directory; give a sweep (or run) directory")
-    if out.exists() and not out.is_dir():
-        raise LpError(f"--out {out} is a file; give a directory for the report")
+    check_output(out, "into", "--out")  # before the event files are read
     runs, skipped = collect(sweep)
     if not runs:
         why = "; ".join(f"{n}: {w}" for n, w in skipped) or "no TensorBoard event files found"
@@ -338,13 +343,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="where to write the report (default: SWEEP)")
     ap.add_argument(
         "--axes", choices=sorted(AXES), default="loss",
-        help="gain vs forgetting by validation losses (default) or by benchmark scores",
+        help="gain vs forgetting by validation losses (default), the loss on the base's own text, the KL "
+        "to the base, or benchmark scores",
     )  # fmt: skip
     a = ap.parse_args(argv)
     try:
         runs, skipped = report(a.sweep, a.out or a.sweep, a.axes)
-    except LpError as e:
-        return print_error(e)
+    except Exception as e:  # bad input or an unwritable place: one line
+        return refused_status(e)
     print(f"lp: {len(runs)} runs reported in {a.out or a.sweep}/report.md")
     for n, why in skipped:
         print(f"lp: skipped {n}: {why}")

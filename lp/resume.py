@@ -35,7 +35,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
-from lp.atomic import atomic_file
+from lp.atomic import atomic_file, remove_stale
 from lp.checkpoints import WEIGHTS
 from lp.errors import LpError
 
@@ -153,9 +153,8 @@ class StepCheckpoint(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
         if isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
             trainer.strategy.checkpoint_io.held = True
-        if trainer.is_global_zero and self.dirpath and Path(self.dirpath).is_dir():
-            for tmp in Path(self.dirpath).glob(".step-*.ckpt.*.tmp"):  # a write a crash cut short
-                tmp.unlink(missing_ok=True)
+        if trainer.is_global_zero and self.dirpath:  # writes a crash cut short
+            remove_stale(Path(self.dirpath) / "step-0.ckpt", every=True)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         self.commit(trainer)

@@ -43,6 +43,12 @@ SHARDING = ("SHARD_GRAD_OP", "FULL_SHARD", "NO_SHARD")  # torch's ShardingStrate
 def check(cfg) -> None:
     """Refuse a strategy the run cannot use, before anything loads (``lp.settings``)."""
     s = cfg.strategy
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise LpError(f"trainer.accelerator={accelerator} needs a CUDA GPU, and this machine has none visible "
+                      "(torch.cuda.is_available() is false); use trainer=default (CPU)")  # fmt: skip
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise LpError("trainer.accelerator=mps needs Apple's MPS, which this machine lacks; use trainer=default")
     devices, nodes = cfg.trainer.devices, cfg.trainer.get("num_nodes", 1)
     if s.name == "single" and (devices not in (1, "auto") or nodes != 1):
         raise LpError(

@@ -20,7 +20,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lp.callbacks import FreezeCallback, IdentityCheck, Throughput
-from lp.checkpoints import check_checkpoint, read_expansion
+from lp.atomic import check_output, write_atomic
+from lp.checkpoints import check_checkpoint, read_expansion, written_by_lp
 from lp.errors import LpError, first_line, print_error, refusal, run_cli
 from lp.expansion import expand_model, make_plan
 from lp.export import export_checkpoint
@@ -56,9 +57,8 @@ from lp.strategy import build as build_strategy
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    clear_failure(run_dir)  # a rerun into the same directory: an old marker no longer applies
     try:
-        run(cfg, run_dir)
+        run(cfg, run_dir, accepted=lambda: _record_run(cfg, run_dir))
     except Exception as e:
         refused = refusal(e)
         if refused is not None:
@@ -80,8 +80,22 @@ class RunResult:
     export: Path | None
 
 
-def run(cfg: DictConfig, run_dir: Path) -> RunResult:
-    """The whole experiment. Every setting is checked before any model loads."""
+def _record_run(cfg: DictConfig, run_dir: Path) -> None:
+    """Once the run is accepted: its composed config, Hydra's and the overrides in
+    ``<run dir>/.hydra`` (what Hydra itself would write before the run starts, which would
+    rewrite a resumed run's record even when the resume is then refused:
+    ``hydra.output_subdir`` is null), and no failure marker of an earlier attempt."""
+    hydra_cfg = HydraConfig.get()
+    files = {"config.yaml": cfg, "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}),
+             "overrides.yaml": OmegaConf.create(list(hydra_cfg.overrides.task))}  # fmt: skip
+    for name, node in files.items():
+        write_atomic(run_dir / ".hydra" / name, OmegaConf.to_yaml(node))
+    clear_failure(run_dir)  # a rerun into the same directory: an old marker no longer applies
+
+
+def run(cfg: DictConfig, run_dir: Path, accepted=None) -> RunResult:
+    """The whole experiment. Every setting is checked before any model loads, and nothing
+    is written into ``run_dir`` before every check has passed (then ``accepted()``)."""
     validate(cfg)
     # what to continue, and whether it may be continued, before anything loads or is written
     resume_from = find_checkpoint(cfg.get("resume"), run_dir)
@@ -92,7 +106,9 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
         check_no_newer(saved, run_dir, resume_from)
     checkpoint = None if cfg.model.get("gguf_file") else cfg.model.name_or_path  # a GGUF is checked as one
     if checkpoint:
-        check_checkpoint(str(checkpoint))
+        check_checkpoint(str(checkpoint), tokenizer=True)
+    if cfg.export:  # replaced at the end only if lp wrote it (or it is empty)
+        check_output(run_dir / "export", "dir", "the export", replace=True, owned=written_by_lp)
     # an already expanded checkpoint (lp.expand, an lp export) trains its recorded new blocks
     recorded = read_expansion(str(checkpoint)) if checkpoint else None
     sft = cfg.stage.name == "sft"  # trains the checkpoint as it is: never expands
@@ -130,6 +146,8 @@ def run(cfg: DictConfig, run_dir: Path) -> RunResult:
         check_world_size(saved, trainer.num_nodes * trainer.num_devices, resume_from)
         resumed_note(resume_from, saved["global_step"])
     tokenizer = data.use_tokenizer(load_tokenizer(name), name)  # chat data: with a chat template
+    if accepted is not None:
+        accepted()
     L.seed_everything(cfg.seed, workers=True)
     model = load_model(name, cfg.model.attn, cfg.model.dtype)
     if getattr(data, "self_tokens", 0):  # sampled from the base before anything changes it

@@ -10,7 +10,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lp.atomic import write_atomic
+from lp.atomic import check_output, write_atomic
 from lp.data.inspect import format_report, inspect_mixture
 from lp.errors import exit_on_refusal, run_cli
 from lp.settings import validate
@@ -22,12 +22,14 @@ def main(cfg: DictConfig) -> None:
 
     with exit_on_refusal():  # here, not only around main: Hydra would add a line of its own
         validate(cfg)
+        out = check_output(Path(str(cfg.inspect.json)), "file", "inspect.json") if cfg.inspect.json else None
         data = instantiate(cfg.data, tokenizer=None, _convert_="all")  # bad data fails before the base builds
         data.tokenizer = load_tokenizer(resolve_base(cfg.model, cfg.data))
         report = inspect_mixture(data, int(cfg.inspect.batches))
     print(format_report(report, int(cfg.inspect.batches)))
-    if cfg.inspect.json:
-        write_atomic(Path(str(cfg.inspect.json)).expanduser(), json.dumps(report, indent=2))
+    if out is not None:
+        with exit_on_refusal():  # a disk that filled meanwhile: one line
+            write_atomic(out, json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from lp.data.chat import conversation
 from lp.data.sources import hub_args, is_eval, matching_files, shuffled_passes, source_seed
 from lp.errors import LpError, first_line
 
+log = logging.getLogger(__name__)
 Conversations = Callable[[int, int], Iterator[list[dict]]]  # (seed, start) -> endless stream
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 HUB_CHECKED_ROWS = 100  # rows of a hub dataset checked up front
@@ -58,9 +59,24 @@ def _files(name: str, cfg: dict, common: dict) -> Conversations:
             raise LpError(f"chat source {name!r}: {p} is not one of {', '.join(BUILDERS)}")
     streams = [_stream(name, dict(path=BUILDERS[Path(p).suffix], data_files=[p]), p) for p in paths]
     for path, ds in zip(paths, streams, strict=True):
-        if sum(1 for _ in _checked(ds, path, None)) == 0:  # every row read and checked
-            raise LpError(f"chat source {name!r}: {path} holds no rows")
+        _count_learnable(name, path, _checked(ds, path, None))  # every row read and checked
     return _shuffled(name, cfg, streams, paths)
+
+
+def _count_learnable(name: str, label: str, conversations) -> None:
+    """Refuse rows that hold nothing to learn: none at all, or only empty assistant turns
+    (their labels would be end-of-turn markers alone); say how many rows are such."""
+    rows = empty = 0
+    for messages in conversations:
+        rows += 1
+        empty += not any(m["content"].strip() for m in messages if m["role"] == "assistant")
+    if rows == 0:
+        raise LpError(f"chat source {name!r}: {label} holds no rows")
+    if empty == rows:
+        raise LpError(f"chat source {name!r}: every assistant turn in {label} is empty ({rows} rows read); "
+                      "there is nothing to learn")  # fmt: skip
+    if empty:
+        log.warning("lp: %d of %d rows of %s have only empty assistant turns", empty, rows, label)
 
 
 def _hub(name: str, cfg: dict, common: dict) -> Conversations:
@@ -68,8 +84,7 @@ def _hub(name: str, cfg: dict, common: dict) -> Conversations:
     args = hub_args(f"chat source {name!r}", cfg, "data=chat_offline, local files (data=chat_local)")
     path = args["path"]
     ds = _stream(name, dict(split=cfg.get("split", "train"), **args), path)
-    if not any(True for _ in _checked(ds, path, HUB_CHECKED_ROWS)):
-        raise LpError(f"chat source {name!r}: {path} holds no rows")
+    _count_learnable(name, f"the first rows of {path}", _checked(ds, path, HUB_CHECKED_ROWS))
     return _shuffled(name, cfg, [ds], [path])
 
 

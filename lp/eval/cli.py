@@ -15,9 +15,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lp.atomic import write_atomic
+from lp.atomic import check_output, write_atomic
 from lp.checkpoints import check_checkpoint
-from lp.errors import exit_on_refusal
+from lp.errors import LpError, exit_on_refusal
 from lp.eval.suite import Suite, SuiteResult, load_tasks, run_suite
 from lp.settings import validate
 
@@ -40,17 +40,22 @@ def main(cfg: DictConfig) -> None:
 def run(cfg: DictConfig, run_dir: Path) -> tuple[SuiteResult, Path]:
     """Evaluate ``cfg.model`` on ``cfg.eval``; returns the results and the eval.json written."""
     validate(cfg)
+    device = _device(cfg.device)
     suite = Suite.from_cfg(cfg.eval)
     if cfg.model.name_or_path and not cfg.model.get("gguf_file"):  # a GGUF file is checked as one
-        check_checkpoint(str(cfg.model.name_or_path))
+        check_checkpoint(str(cfg.model.name_or_path), tokenizer=True)
+    out = _out_dir(cfg, run_dir)
+    if cfg.out:  # where eval.json goes must take it, before the suite runs
+        check_output(out, "into", "out")
+    check_output(out / EVAL_FILE, "file", "out")
     tasks = load_tasks(suite)  # unknown names, missing data and code execution fail here, before the model
     from lp.models import load_model, load_tokenizer, resolve_base
 
     name = resolve_base(cfg.model, cfg.data)  # a GGUF file converts once; the tiny base builds once
-    model = load_model(name, cfg.model.attn, cfg.model.dtype).to(_device(cfg.device))
     tokenizer = load_tokenizer(name)
+    model = load_model(name, cfg.model.attn, cfg.model.dtype).to(device)
     result = run_suite(model, tokenizer, suite, tasks)
-    out = _out_dir(cfg, run_dir) / EVAL_FILE
+    out = out / EVAL_FILE
     write_atomic(out, json.dumps(result.to_json(model=name), indent=2) + "\n")
     print(result.table())
     print(f"lp: {suite.name} suite in {result.seconds:.0f}s; wrote {out}")
@@ -69,6 +74,10 @@ def _device(requested: str) -> str:
 
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise LpError(f"device={requested} needs a CUDA GPU, and this machine has none visible; use device=cpu or auto")
+    if requested.startswith("cuda:") and int(requested[5:]) >= torch.cuda.device_count():
+        raise LpError(f"device={requested}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return requested
 
 

@@ -25,13 +25,12 @@ from lp.checkpoints import EXPANSION_FILE
 from lp.errors import LpError
 from lp.expansion.arch import ArchFacts, arch_facts, check_init, depth_fields, init_value
 from lp.expansion.plan import ExpansionPlan
+from lp.weights import SIZES, check_weight_files, read_header
 
 INDEX = "model.safetensors.index.json"
 WEIGHT_FILE = re.compile(r".*\.(safetensors|bin|pt|pth)$|.*\.(safetensors|bin)\.index\.json$")
-# safetensors dtype codes: bytes per element, and torch's name (torch loads only when a
-# tensor must be converted or computed, keeping the byte-copy path free of it)
-SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-         "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
+# safetensors dtype codes to torch's names (torch loads only when a tensor must be converted
+# or computed, keeping the byte-copy path free of it); their sizes: lp.weights.SIZES
 TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
                 "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
                 "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}  # fmt: skip
@@ -54,14 +53,10 @@ class TensorInfo:
 # ---- reading ------------------------------------------------------------------------
 
 
-def read_header(path: Path) -> tuple[dict, int]:
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        return json.loads(f.read(n)), 8 + n
-
-
 def source_tensors(src: Path) -> dict[str, TensorInfo]:
-    """Every tensor of a checkpoint directory, without loading any data."""
+    """Every tensor of a checkpoint directory, without loading any data; every weight
+    file is checked first (``lp.weights``: a damaged one is refused in one line)."""
+    check_weight_files(src, "SRC")
     files = sorted(src.glob("*.safetensors"))
     if files:
         out = {}
@@ -248,6 +243,8 @@ def _copy_range(src: Path, offset: int, n: int, dst: BinaryIO) -> None:
             dst.seek(0, os.SEEK_END)
             while done < n:
                 chunk = s.read(min(CHUNK, n - done))
+                if not chunk:  # the file changed since its header was checked
+                    raise LpError(f"{src} ends before byte {offset + n:,}; it is truncated")
                 dst.write(chunk)
                 done += len(chunk)
     dst.seek(0, os.SEEK_END)

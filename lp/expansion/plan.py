@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from lp.errors import LpError
@@ -104,16 +104,19 @@ def make_plan(
     position: str | Sequence[int] = "interleave",
     source: str = "group_top",
     init: str = "zero_out",
+    names: Mapping[str, str] | None = None,
 ) -> ExpansionPlan:
-    """Compute the plan; raises LpError with a one-line reason on bad input."""
-    _check_int("expansion.blocks", blocks, minimum=0)
+    """Compute the plan; raises LpError with a one-line reason on bad input, naming each
+    setting as the user gave it: ``names`` maps blocks, position, source and init to the
+    caller's names (``lp.expand``'s flags); by default ``expansion.<name>`` (lp.train)."""
+    _check_int(_name(names, "blocks"), blocks, minimum=0)
     _check_int("base layer count", base_layers, minimum=1)
     if source not in SOURCES:
-        raise LpError(f"expansion.source={source!r} is unknown; allowed: {', '.join(SOURCES)}")
+        raise LpError(f"{_setting(names, 'source', source)} is unknown; allowed: {', '.join(SOURCES)}")
     if init not in INITS:
-        raise LpError(f"expansion.init={init!r} is unknown; allowed: {', '.join(INITS)}")
-    indices = insertion_indices(base_layers, blocks, position)
-    sources = [_source_layer(i, indices, base_layers, source) for i in indices]
+        raise LpError(f"{_setting(names, 'init', init)} is unknown; allowed: {', '.join(INITS)}")
+    indices = insertion_indices(base_layers, blocks, position, names)
+    sources = [_source_layer(i, indices, base_layers, source, names) for i in indices]
     layer_map, new_layers = [], []
     pending = sorted(zip(indices, sources, strict=True), key=lambda t: t[0])  # stable: keeps list order
     k = 0
@@ -128,7 +131,18 @@ def make_plan(
     return ExpansionPlan(base_layers, tuple(layer_map), tuple(new_layers), pos, source, init)
 
 
-def insertion_indices(base_layers: int, blocks: int, position: str | Sequence[int]) -> list[int]:
+def _name(names: Mapping[str, str] | None, key: str) -> str:
+    return (names or {}).get(key, f"expansion.{key}")
+
+
+def _setting(names: Mapping[str, str] | None, key: str, value) -> str:
+    """``expansion.blocks=-1`` as lp.train's setting, ``--blocks -1`` as a command-line flag."""
+    name = _name(names, key)
+    return f"{name} {value}" if name.startswith("-") else f"{name}={value!r}"
+
+
+def insertion_indices(base_layers: int, blocks: int, position: str | Sequence[int],
+                      names: Mapping[str, str] | None = None) -> list[int]:  # fmt: skip
     """The insertion index of every new block, in the order the blocks are listed."""
     if isinstance(position, str):
         if position == "interleave":
@@ -140,33 +154,35 @@ def insertion_indices(base_layers: int, blocks: int, position: str | Sequence[in
         if position == "bottom":
             return [0] * blocks
         raise LpError(
-            f"expansion.position={position!r} is unknown; allowed: {', '.join(POSITIONS)} "
+            f"{_setting(names, 'position', position)} is unknown; allowed: {', '.join(POSITIONS)} "
             f"or a list of insertion indices in [0, {base_layers}]"
         )
     indices = list(position)
     if len(indices) != blocks:
         raise LpError(
-            f"expansion.position lists {len(indices)} insertion indices but expansion.blocks={blocks}; "
+            f"{_name(names, 'position')} lists {len(indices)} insertion indices but "
+            f"{_setting(names, 'blocks', blocks)}; "
             "give one index per new block"
         )
     for i in indices:
         if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i <= base_layers:
             raise LpError(
-                f"expansion.position index {i!r} is out of range; allowed: integers in [0, {base_layers}] "
+                f"{_name(names, 'position')} index {i!r} is out of range; allowed: integers in [0, {base_layers}] "
                 f"for a base of {base_layers} layers"
             )
     return indices
 
 
-def _source_layer(i: int, indices: list[int], base_layers: int, source: str) -> int:
+def _source_layer(i: int, indices: list[int], base_layers: int, source: str,
+                  names: Mapping[str, str] | None = None) -> int:  # fmt: skip
     if source == "neighbour_below":
         if i == 0:
-            raise LpError("expansion.source=neighbour_below has no layer below a block inserted at index 0")
+            raise LpError(f"{_setting(names, 'source', source)} has no layer below a block inserted at index 0")
         return i - 1
     if source == "neighbour_above":
         if i == base_layers:
             raise LpError(
-                f"expansion.source=neighbour_above has no layer above a block inserted at index {base_layers}"
+                f"{_setting(names, 'source', source)} has no layer above a block inserted at index {base_layers}"
             )
         return i
     cuts = sorted({0, base_layers, *indices})
@@ -178,7 +194,8 @@ def _source_layer(i: int, indices: list[int], base_layers: int, source: str) -> 
 
 
 def _check_int(name: str, value, minimum: int) -> None:
+    shown = f"{name} {value!r}" if name.startswith("-") else f"{name}={value!r}"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise LpError(f"{name}={value!r} is not an integer; allowed: an integer >= {minimum}")
+        raise LpError(f"{shown} is not an integer; allowed: an integer >= {minimum}")
     if value < minimum:
-        raise LpError(f"{name}={value} is too small; allowed: an integer >= {minimum}")
+        raise LpError(f"{shown} is too small; allowed: an integer >= {minimum}")
