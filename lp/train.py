@@ -161,7 +161,8 @@ def run(cfg: DictConfig, run_dir: Path, accepted=None) -> RunResult:
         expand_model(model, plan)
     elif expands:  # in_place: the plan only named the layers; the model keeps its depth
         plan = make_plan(model.config.num_hidden_layers, 0)
-    model = prepare(model, method, cfg.method, plan.new_layers)
+    # LoRA in a run that inserts blocks adapts those only; on a given checkpoint, every block
+    model = prepare(model, method, cfg.method, plan.new_layers if expands else ())
     module = CausalLMModule(model, plan, tuple(data.domains), method, **cfg.optim, kl_reference=kl,
                             kl_topk=cfg.forgetting.topk, train_layers=train_layers)  # fmt: skip
     if not saved:  # the pre-training baseline, at step 0 (a resumed run has it in the checkpoint)

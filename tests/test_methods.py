@@ -83,7 +83,7 @@ def test_expand_full_trains_old_and_new_blocks():
 @pytest.mark.parametrize(
     "name, blocks, message",
     [
-        ("lora", 8, "method=lora trains the base model without expansion, but expansion.blocks=8"),
+        ("in_place", 0, "method=in_place names the layers to train by expansion.blocks > 0"),
         ("moe", 2, "set expansion.blocks=0"),
         ("full_finetune", 8, "use method=block_expansion / expand_full"),
         ("block_expansion", 0, "needs expansion.blocks > 0"),
@@ -109,6 +109,8 @@ TRAINS = {
     "full_finetune": lambda name, plan: True,
     "lora": lambda name, plan: ".lora_A." in name or ".lora_B." in name,
     "moe": lambda name, plan: ".moe_down." in name or name.endswith(".moe_logits"),
+    # no new blocks: the layers 8 blocks would copy, every layer of the 8-layer smoke base
+    "in_place": lambda name, plan: name.startswith("model.layers."),
 }
 
 

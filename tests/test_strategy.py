@@ -28,10 +28,9 @@ def frozen_module(method: str = "block_expansion", tied: bool = False, **freeze)
     """The real expanded (or adapted) tiny Llama with its trainable set chosen, as lp.train builds it."""
     model = tiny_llama(layers=4, tie_word_embeddings=tied)
     m = get_method(method)
-    plan = make_plan(
-        4, blocks=2 if m.expands else 0, position="interleave", source="group_top", init="zero_out"
-    )
-    if m.expands:
+    expands = m.blocks == "required"
+    plan = make_plan(4, blocks=2 if expands else 0, position="interleave", source="group_top", init="zero_out")
+    if expands:
         expand_model(model, plan)
     module = CausalLMModule(prepare(model, m, METHOD_SETTINGS), plan, method=m)
     FreezeCallback(**freeze).freeze_before_training(module)
