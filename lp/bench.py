@@ -26,12 +26,12 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lp.callbacks import FreezeCallback
 from lp.expansion import expand_model, make_plan
-from lp.flops import peak_flops, useful_flops_per_token
-from lp.methods import METHODS
-from lp.module import CausalLMModule
-from lp.speed import SpeedUp
+from lp.measure.flops import peak_flops, useful_flops_per_token
+from lp.training.callbacks import FreezeCallback
+from lp.training.methods import METHODS
+from lp.training.module import CausalLMModule
+from lp.training.speed import SpeedUp
 
 SHAPES = {  # base shapes (as in the naive reference); --blocks new blocks go on top
     "tiny": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=24, num_attention_heads=4,
@@ -69,12 +69,13 @@ def build(shape: str, blocks: int, device: torch.device):
 
 
 def real_base(name: str):
-    """The base of ``conf/model/<name>.yaml`` (converted once and cached, lp.models)."""
+    """The base of ``conf/model/<name>.yaml`` (converted once and cached, lp.base.models)."""
     from pathlib import Path
 
     from omegaconf import OmegaConf
 
-    from lp.models import load_model, resolve_base
+    from lp.base.models import load_model
+    from lp.training.bases import resolve_base
 
     cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "model" / f"{name}.yaml")
     return load_model(resolve_base(cfg, {}), "sdpa", "float32")

@@ -12,11 +12,11 @@ import json
 import sys
 from pathlib import Path
 
-from lp.atomic import check_output
-from lp.checkpoints import EXPANSION_FILE, check_checkpoint, written_by_lp
-from lp.errors import LpError, refused_status
-from lp.expansion.checkpoint import TORCH_NAMES, depth_key, expand_checkpoint
+from lp.base.checkpoint_dirs import EXPANSION_FILE, check_checkpoint, written_by_lp
+from lp.core.errors import LpError, refused_status
+from lp.core.files import check_output
 from lp.expansion.plan import INITS, POSITIONS, SOURCES, make_plan
+from lp.expansion.streamed import TORCH_NAMES, depth_key, expand_checkpoint
 
 FLAGS = {"blocks": "--blocks", "position": "--position", "source": "--source", "init": "--init"}
 UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="skip the check that the expanded logits equal the base's (it loads both models)",
     )  # fmt: skip
     p.add_argument(
-        "--gguf-file", help="SRC holds this GGUF file: convert it first (once; cached in $LP_CACHE, lp.gguf)"
+        "--gguf-file",
+        help="SRC holds this GGUF file: convert it first (once; cached in $LP_CACHE, lp.base.gguf)",
     )
     return p.parse_args(argv)
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         src, dst = args.src.expanduser(), args.dst.expanduser()
         if args.gguf_file:
-            from lp.gguf import converted_base, default_cache, locate
+            from lp.base.gguf import converted_base, default_cache, locate
 
             src = converted_base(locate(str(src), args.gguf_file), default_cache())
         if not src.is_dir():
@@ -89,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         dst = check_output(dst, "dir", "DST", inputs=[src], replace=args.force, owned=written_by_lp)
         config = json.loads((src / "config.json").read_text())
         layers = config.get(depth_key(config))
-        plan = make_plan(layers, args.blocks, parse_position(args.position), args.source, args.init, names=FLAGS)
+        plan = make_plan(
+            layers, args.blocks, parse_position(args.position), args.source, args.init, names=FLAGS
+        )
         out = expand_checkpoint(
             src, dst, plan, parse_size(args.shard_size), args.dtype, args.force, verify=not args.no_verify
         )

@@ -1,7 +1,11 @@
 """``python -m lp.train``: expand a base model, train it, measure forgetting, export;
-with ``stage=sft``, instruction-tune a checkpoint as it is (``lp.sft``).
+with ``stage=sft``, instruction-tune a checkpoint as it is (``lp.training.stages``).
 
-The Hydra entry point; the only module that knows about the config tree.
+``run`` reads as the pipeline: Hydra has composed the config onto the groups' schemas
+(``lp.schemas``); it is checked, the run is built (data before any model loads,
+checkpoints, base, trainer, then the model), fitted after a step-0 evaluation, and
+exported. What differs between stages is the stage object's, everything about resuming
+is ``lp.training.checkpointing.Checkpoints``'.
 """
 
 from __future__ import annotations
@@ -13,44 +17,172 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lp.callbacks import FreezeCallback, IdentityCheck, Throughput
-from lp.atomic import check_output, write_atomic
-from lp.checkpoints import check_checkpoint, read_expansion, written_by_lp
-from lp.errors import LpError, first_line, print_error, refusal, run_cli
+from lp.base.checkpoint_dirs import check_checkpoint, read_expansion, written_by_lp
+from lp.base.export import export_checkpoint
+from lp.base.models import declared_layers, load_model, load_tokenizer
+from lp.core.config import plain
+from lp.core.errors import LpError, first_line, print_error, refusal, run_cli
+from lp.core.files import cache_root, check_output, write_atomic
+from lp.corpus.own_text import cached_own_text
 from lp.expansion import expand_model, make_plan
-from lp.export import export_checkpoint
-from lp.forgetting import choose_reference
-from lp.methods import get_method, prepare
-from lp.models import declared_layers, load_model, load_tokenizer, resolve_base
-from lp.module import CausalLMModule
-from lp.record import METRIC_FAMILIES, SETTINGS, clear_failure, mark_failed, write_hparams
-from lp.resume import (
-    FIXED,
-    AtomicCheckpointIO,
-    Resumable,
-    StepCheckpoint,
-    base_reference,
-    check_base,
-    check_no_newer,
-    check_resume,
-    check_world_size,
-    checkpoint_dir,
-    find_checkpoint,
-    fixed_settings,
-    read_saved,
-    resumed_note,
-)
-from lp.settings import plain, validate
-from lp.sft import ChatSamples, ChatStats, sft_method, sft_plan, stage_record
-from lp.speed import SpeedUp
-from lp.strategy import KeepFrozenOriginals, gathered_state, speed_options
-from lp.strategy import build as build_strategy
+from lp.measure.forgetting import choose_reference
+from lp.reports.record import METRIC_FAMILIES, SETTINGS, clear_failure, mark_failed, write_hparams
+from lp.schemas import RunSettings, check, fixed_settings
+from lp.training.bases import resolve_base
+from lp.training.checkpointing import Checkpoints, base_reference
+from lp.training.methods import prepare
+from lp.training.module import CausalLMModule
+from lp.training.stages import STAGES, stage_record
+from lp.training.strategy import gathered_state
+from lp.training.trainer import build_trainer
+
+TRAIN = {"": RunSettings}  # the settings at the top of conf/train.yaml
+
+
+@dataclass
+class RunResult:
+    metrics: dict[str, float]  # final val/<domain>/loss, forgetting/... and, if run, bench/...
+    module: CausalLMModule  # the trained model, in memory
+    export: Path | None
+
+
+def run(cfg: DictConfig, run_dir: Path, accepted=None) -> RunResult:
+    """The whole experiment. Every setting is checked before any model loads, and nothing
+    is written into ``run_dir`` before every check has passed (then ``accepted()``)."""
+    check(cfg, TRAIN)
+    stage = STAGES[cfg.stage.name]
+    checkpoints = Checkpoints(cfg.resume, run_dir, fixed_settings(cfg, TRAIN), cfg.callbacks.checkpoint)
+    source = _checked_source(cfg, run_dir)
+    recorded = read_expansion(source) if source else None  # an expanded checkpoint trains its blocks
+    inserts = stage.inserts(recorded)
+    plan_args = _plan_args(cfg) if inserts else None
+    method = stage.method(cfg.method.name, recorded, source, plan_args["blocks"] if plan_args else 0)
+    kl = _kl_reference(cfg, method, inserts)
+    data = instantiate(cfg.data, tokenizer=None, _convert_="all")  # sources read before any model loads
+    name = resolve_base(cfg.model, cfg.data)  # builds the tiny base once when no checkpoint is given
+    checkpoints.check_base(name)
+    trainer = build_trainer(cfg, run_dir, stage, checkpoints)
+    checkpoints.check_world_size(trainer)
+    tokenizer = data.use_tokenizer(load_tokenizer(name), name)  # chat data: with a chat template
+    if accepted is not None:
+        accepted()
+    L.seed_everything(cfg.seed, workers=True)
+    model = load_model(name, cfg.model.attn, cfg.model.dtype)
+    _own_text(data, model, tokenizer, checkpoints.base or name, trainer)
+    module = _module(cfg, model, data, stage.plan(recorded, model.config.num_hidden_layers, plan_args),
+                     inserts, method, kl)  # fmt: skip
+    if not checkpoints.saved:  # the step-0 baseline (a resumed run has it in its checkpoint)
+        trainer.validate(module, datamodule=data, verbose=False)
+    trainer.fit(module, datamodule=data, ckpt_path=checkpoints.path)
+    final = _final_metrics(cfg, trainer, module, data)
+    export = _export(cfg, run_dir, trainer, module, tokenizer, name, stage, source) if cfg.export else None
+    return RunResult(final, module, export)
+
+
+def _checked_source(cfg: DictConfig, run_dir: Path) -> str | None:
+    """The checkpoint directory the run starts from, checked (a GGUF file is checked as
+    one when converted); and the export's place, which lp replaces only if it wrote it."""
+    source = None if cfg.model.get("gguf_file") else cfg.model.name_or_path
+    if source:
+        check_checkpoint(str(source), tokenizer=True)
+    if cfg.export:
+        check_output(run_dir / "export", "dir", "the export", replace=True, owned=written_by_lp)
+    return str(source) if source else None
+
+
+def _plan_args(cfg: DictConfig) -> dict:
+    """Expansion settings, validated against the base's layer count before any
+    expensive work (for a hub id the count is only known after loading)."""
+    exp = cfg.expansion
+    position = exp.position if isinstance(exp.position, str) else list(exp.position)
+    args = dict(blocks=exp.blocks, position=position, source=exp.source, init=exp.init)
+    layers = declared_layers(cfg.model)  # a GGUF file is validated here, before anything is written
+    if layers is not None:
+        make_plan(layers, **args)
+    return args
+
+
+def _kl_reference(cfg: DictConfig, method, inserts: bool) -> str | None:
+    """How ``forgetting/kl`` gets the base's distributions (``lp.measure.forgetting``): skipping
+    the new blocks gives the base only where this run inserted them as identities and
+    trains nothing else of the base."""
+    identity = cfg.expansion.init != "copy" and cfg.expansion.blocks > 0
+    bypassable = inserts and method.inserts and method.keeps_base() and identity
+    why = f"method={method.name} changes the base's own weights"
+    if method.keeps_base():
+        why = "this run inserts no identity blocks (an expanded checkpoint, stage=sft or init=copy)"
+    if cfg.forgetting.kl and cfg.data.get("general") is None:
+        raise LpError(
+            "forgetting.kl=true needs the general eval set; give data.general or set forgetting.kl=false"
+        )
+    return choose_reference(cfg.forgetting.reference, cfg.forgetting.kl, bypassable, why)
+
+
+def _own_text(data, model, tokenizer, base: dict | str, trainer) -> None:
+    """The ``self`` eval set: text sampled once from the base, before anything changes it
+    (``lp.corpus.own_text``; cached by the base's content hash: ``base``, or hashed now)."""
+    if getattr(data, "self_tokens", 0):
+        base = base_reference(base) if isinstance(base, str) else base
+        rows = -(-int(data.self_tokens) // data.seq_len)
+        text = cached_own_text(model, tokenizer, base, rows, data.seq_len, data.seed, str(cache_root()),
+                               trainer.strategy.root_device)  # fmt: skip
+        data.use_own_text(text)
+
+
+def _module(cfg, model, data, plan, inserts: bool, method, kl) -> CausalLMModule:
+    """The LightningModule around the model, expanded by ``plan`` (in_place: the plan only
+    names the layers that train; the model keeps its depth) with the method's additions."""
+    train_layers = method.train_layers(plan)
+    if inserts and method.inserts:
+        expand_model(model, plan)
+    elif inserts:
+        plan = make_plan(model.config.num_hidden_layers, 0)
+    # LoRA in a run that inserts blocks adapts those only; on a given checkpoint, every block
+    model = prepare(model, method, cfg.method, plan.new_layers if inserts else ())
+    return CausalLMModule(model, plan, tuple(data.domains), method, **cfg.optim, kl_reference=kl,
+                          kl_topk=cfg.forgetting.topk, train_layers=train_layers)  # fmt: skip
+
+
+def _final_metrics(cfg, trainer, module, data) -> dict[str, float]:
+    """The last evaluation's metrics (one more after fit when the last step was not one),
+    registered in TensorBoard's HPARAMS tab with the run's settings."""
+    final = _logged(trainer)
+    if not final or trainer.global_step % int(cfg.trainer.val_check_interval) != 0:
+        trainer.validate(module, datamodule=data, verbose=False)
+        final |= _logged(trainer)  # validate() clears what fit logged (benchmarks): keep both
+    if trainer.is_global_zero:
+        write_hparams(trainer.logger.log_dir, _hparams(cfg, module.plan), sorted(final))
+    return final
+
+
+def _logged(trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(METRIC_FAMILIES)}
+
+
+def _hparams(cfg: DictConfig, plan) -> dict:
+    flat = {k: OmegaConf.select(cfg, k) for k in SETTINGS}
+    flat["model"] = str(cfg.model.get("gguf_file") or cfg.model.name_or_path or "tiny")
+    flat["new_layers"] = ",".join(map(str, plan.new_layers))
+    return flat
+
+
+def _export(cfg, run_dir, trainer, module, tokenizer, name, stage, source) -> Path | None:
+    """Every rank takes part in gathering a sharded model; rank 0 writes the one export."""
+    state = gathered_state(trainer, module)
+    if not trainer.is_global_zero:
+        return None
+    record = stage_record(stage.name, source, plain(cfg.data), trainer.global_step, module.method.name)
+    out = export_checkpoint(module, tokenizer, module.plan, name, run_dir / "export", state, record)
+    print(f"lp: exported {out}\nlp: tensorboard --logdir {run_dir}")
+    return out
+
+
+# -- the command ---------------------------------------------------------------------------
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="train")
@@ -73,13 +205,6 @@ def main(cfg: DictConfig) -> None:
         raise
 
 
-@dataclass
-class RunResult:
-    metrics: dict[str, float]  # final val/<domain>/loss, forgetting/general and, if run, bench/...
-    module: CausalLMModule  # the trained model, in memory
-    export: Path | None
-
-
 def _record_run(cfg: DictConfig, run_dir: Path) -> None:
     """Once the run is accepted: its composed config, Hydra's and the overrides in
     ``<run dir>/.hydra`` (what Hydra itself would write before the run starts, which would
@@ -88,212 +213,9 @@ def _record_run(cfg: DictConfig, run_dir: Path) -> None:
     hydra_cfg = HydraConfig.get()
     files = {"config.yaml": cfg, "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}),
              "overrides.yaml": OmegaConf.create(list(hydra_cfg.overrides.task))}  # fmt: skip
-    for name, node in files.items():
-        write_atomic(run_dir / ".hydra" / name, OmegaConf.to_yaml(node))
+    for file, node in files.items():
+        write_atomic(run_dir / ".hydra" / file, OmegaConf.to_yaml(node))
     clear_failure(run_dir)  # a rerun into the same directory: an old marker no longer applies
-
-
-def run(cfg: DictConfig, run_dir: Path, accepted=None) -> RunResult:
-    """The whole experiment. Every setting is checked before any model loads, and nothing
-    is written into ``run_dir`` before every check has passed (then ``accepted()``)."""
-    validate(cfg)
-    # what to continue, and whether it may be continued, before anything loads or is written
-    resume_from = find_checkpoint(cfg.get("resume"), run_dir)
-    settings = fixed_settings(_flat(cfg, FIXED))
-    saved = read_saved(resume_from) if resume_from else None
-    if saved:
-        check_resume(saved, settings, resume_from)
-        check_no_newer(saved, run_dir, resume_from)
-    checkpoint = None if cfg.model.get("gguf_file") else cfg.model.name_or_path  # a GGUF is checked as one
-    if checkpoint:
-        check_checkpoint(str(checkpoint), tokenizer=True)
-    if cfg.export:  # replaced at the end only if lp wrote it (or it is empty)
-        check_output(run_dir / "export", "dir", "the export", replace=True, owned=written_by_lp)
-    # an already expanded checkpoint (lp.expand, an lp export) trains its recorded new blocks
-    recorded = read_expansion(str(checkpoint)) if checkpoint else None
-    sft = cfg.stage.name == "sft"  # trains the checkpoint as it is: never expands
-    plan_args = None if recorded or sft else _plan_args(cfg)
-    if sft:
-        method = sft_method(cfg.method.name, recorded, checkpoint)
-    else:
-        method = get_method(cfg.method.name, recorded.blocks if recorded else plan_args["blocks"])
-    if recorded and not method.inserts:
-        raise LpError(f"method={method.name} trains base layers in place; {checkpoint} is already expanded")
-    expands = not (recorded or sft)  # this run inserts the new blocks itself
-    kl = _kl_reference(cfg, method, expands)
-    callbacks = _callbacks(cfg, run_dir)  # validates their settings before anything expensive
-    # the sources are read before any model loads, so bad data settings fail first
-    data = instantiate(cfg.data, tokenizer=None, _convert_="all")
-    name = resolve_base(cfg.model, cfg.data)  # builds the tiny base once when no checkpoint is given
-    base = base_reference(name) if saved or cfg.callbacks.checkpoint.enabled else None
-    if saved:
-        check_base(saved, base, resume_from)
-    ckpt = cfg.callbacks.checkpoint
-    if ckpt.enabled:
-        callbacks.append(StepCheckpoint(checkpoint_dir(run_dir), ckpt.every_n_steps, ckpt.keep))
-        callbacks.append(Resumable(settings, base))
-    logger = _logger(cfg, saved["global_step"] if saved else 0)
-    trainer = instantiate(
-        cfg.trainer,
-        strategy=build_strategy(cfg.strategy, cfg.speed.activation_checkpointing),
-        precision=_precision(cfg.trainer.precision),
-        logger=logger,
-        callbacks=callbacks,
-        enable_checkpointing=ckpt.enabled,
-        plugins=[AtomicCheckpointIO()],
-    )
-    if saved:  # the Trainer knows the world size before any model loads
-        check_world_size(saved, trainer.num_nodes * trainer.num_devices, resume_from)
-        resumed_note(resume_from, saved["global_step"])
-    tokenizer = data.use_tokenizer(load_tokenizer(name), name)  # chat data: with a chat template
-    if accepted is not None:
-        accepted()
-    L.seed_everything(cfg.seed, workers=True)
-    model = load_model(name, cfg.model.attn, cfg.model.dtype)
-    if getattr(data, "self_tokens", 0):  # sampled from the base before anything changes it
-        _own_text(data, model, tokenizer, base or base_reference(name), trainer)
-    if sft:
-        plan = sft_plan(recorded, model.config.num_hidden_layers)
-    else:
-        plan = recorded or make_plan(model.config.num_hidden_layers, **plan_args)
-    train_layers = method.train_layers(plan)
-    if expands and method.inserts:
-        expand_model(model, plan)
-    elif expands:  # in_place: the plan only named the layers; the model keeps its depth
-        plan = make_plan(model.config.num_hidden_layers, 0)
-    # LoRA in a run that inserts blocks adapts those only; on a given checkpoint, every block
-    model = prepare(model, method, cfg.method, plan.new_layers if expands else ())
-    module = CausalLMModule(model, plan, tuple(data.domains), method, **cfg.optim, kl_reference=kl,
-                            kl_topk=cfg.forgetting.topk, train_layers=train_layers)  # fmt: skip
-    if not saved:  # the pre-training baseline, at step 0 (a resumed run has it in the checkpoint)
-        trainer.validate(module, datamodule=data, verbose=False)
-    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
-    final = _final_metrics(trainer)
-    if not final or trainer.global_step % int(cfg.trainer.val_check_interval) != 0:
-        trainer.validate(module, datamodule=data, verbose=False)
-        final |= _final_metrics(trainer)  # validate() clears what fit logged (benchmarks): keep both
-    if trainer.is_global_zero:
-        write_hparams(logger.log_dir, _hparams(cfg, plan), sorted(final))
-    out = None
-    # every rank takes part in gathering a sharded model; rank 0 writes the one export
-    state = gathered_state(trainer, module) if cfg.export else None
-    if cfg.export and trainer.is_global_zero:
-        record = stage_record(cfg.stage.name, checkpoint, plain(cfg.data), trainer.global_step, method.name)
-        out = export_checkpoint(module, tokenizer, plan, name, run_dir / "export", state, record)
-        print(f"lp: exported {out}\nlp: tensorboard --logdir {run_dir}")
-    return RunResult(final, module, out)
-
-
-def _kl_reference(cfg: DictConfig, method, expands: bool) -> str | None:
-    """How ``forgetting/kl`` gets the base's distributions (``lp.forgetting``): skipping the
-    new blocks gives the base only where this run inserted them as identities and trains
-    nothing else of the base."""
-    exp = cfg.get("expansion", {})
-    identity = exp.get("init") != "copy" and exp.get("blocks", 0) > 0
-    bypassable = expands and method.inserts and method.keeps_base() and identity
-    why = f"method={method.name} changes the base's own weights"
-    if method.keeps_base():
-        why = "this run inserts no identity blocks (an expanded checkpoint, stage=sft or init=copy)"
-    if cfg.forgetting.kl and cfg.data.get("general") is None:
-        raise LpError(
-            "forgetting.kl=true needs the general eval set; give data.general or set forgetting.kl=false"
-        )
-    return choose_reference(cfg.forgetting.reference, cfg.forgetting.kl, bypassable, why)
-
-
-def _own_text(data, model, tokenizer, base: dict, trainer) -> None:
-    """The ``self`` eval set: text sampled once from the base (``lp.data.own_text``)."""
-    from lp.data.own_text import cached_own_text
-    from lp.gguf import default_cache
-
-    rows = -(-int(data.self_tokens) // data.seq_len)
-    device = trainer.strategy.root_device
-    data.use_own_text(cached_own_text(model, tokenizer, base, rows, data.seq_len, data.seed,
-                                      default_cache(), device))  # fmt: skip
-
-
-def _logger(cfg: DictConfig, step: int):
-    """TensorBoard continues a resumed run's curves: events at ``step`` and later, from
-    the run that was cut off, are dropped when read (``purge_step``). A fresh start
-    purges only over the events of an attempt cut off before its first checkpoint
-    (else their step 0 would be doubled): a purge is a marker in the new event file, and
-    TensorBoard reads a run's files in name order, which is not always the order they
-    were written in (several runs of one sweep in one process, within one second)."""
-    if not str(cfg.logger.get("_target_", "")).endswith("TensorBoardLogger"):
-        return instantiate(cfg.logger)
-    if step == 0:
-        probe = instantiate(cfg.logger)
-        earlier = any(Path(probe.log_dir).glob("events.out.tfevents.*"))
-        return instantiate(cfg.logger, purge_step=0) if earlier else probe
-    return instantiate(cfg.logger, purge_step=step)
-
-
-def _flat(cfg: DictConfig, keys) -> dict:
-    """``{dotted.leaf: value}`` for the config subtrees ``keys`` (absent ones: None)."""
-    out: dict = {}
-
-    def walk(prefix: str, v) -> None:
-        if isinstance(v, dict):
-            for k, sub in v.items():
-                walk(f"{prefix}.{k}", sub)
-        else:
-            out[prefix] = v
-
-    for key in keys:
-        v = OmegaConf.select(cfg, key, default=None)
-        walk(key, OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v)
-    return out
-
-
-def _plan_args(cfg: DictConfig) -> dict:
-    """Expansion settings, validated against the base's layer count before any
-    expensive work (for a hub id the count is only known after loading)."""
-    exp = cfg.expansion
-    position = exp.position if isinstance(exp.position, str) else list(exp.position)
-    args = dict(blocks=exp.blocks, position=position, source=exp.source, init=exp.init)
-    layers = declared_layers(cfg.model)  # a GGUF file is validated here, before anything is written
-    if layers is not None:
-        make_plan(layers, **args)
-    return args
-
-
-def _final_metrics(trainer) -> dict[str, float]:
-    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(METRIC_FAMILIES)}
-
-
-def _precision(value: str) -> str:
-    if value == "auto":  # bf16 autocast where the hardware has it, exact float32 elsewhere
-        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
-    return value
-
-
-def _callbacks(cfg: DictConfig, run_dir: Path) -> list:
-    c = cfg.callbacks
-    callbacks = [
-        FreezeCallback(**c.freeze),  # trains what the module's method trains, plus these options
-        IdentityCheck(**c.identity_check),
-        Throughput(**c.throughput),
-        # after the freeze callback: it reads which parameters train; what the strategy owns steps aside
-        SpeedUp(**speed_options(cfg.strategy.name, cfg.speed)),
-    ]
-    if cfg.strategy.name.startswith("deepspeed"):
-        callbacks.append(KeepFrozenOriginals())  # the engine casts frozen weights too
-    if cfg.stage.name == "sft":
-        callbacks += [ChatSamples(**cfg.stage.samples), ChatStats()]
-    if c.benchmark.enabled:  # the eval/ suite at step 0 and after the last step (lp.eval)
-        from lp.eval.callback import BenchmarkCallback
-
-        callbacks.append(
-            BenchmarkCallback(cfg.eval, out_dir=run_dir, every_n_steps=c.benchmark.every_n_steps)
-        )
-    return callbacks
-
-
-def _hparams(cfg: DictConfig, plan) -> dict:
-    flat = {k: OmegaConf.select(cfg, k) for k in SETTINGS}
-    flat["model"] = str(cfg.model.get("gguf_file") or cfg.model.name_or_path or "tiny")
-    flat["new_layers"] = ",".join(map(str, plan.new_layers))
-    return flat
 
 
 def _remove_if_unused(run_dir: Path) -> None:

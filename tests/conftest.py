@@ -11,6 +11,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.utils import logging as hf_logging
 
+import lp.schemas  # noqa: F401  (registers the config groups' schemas with Hydra, as the commands do)
+
 # Lightning and transformers give their loggers a stream handler bound to sys.stderr when
 # first imported or used; bind them to the real stderr now, not to the stream of whichever
 # test first captures it (closed afterwards: in-process entry points would log into it)

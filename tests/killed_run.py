@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-import lp.resume
+import lp.training.checkpointing
 
 
 def die() -> None:
@@ -25,8 +25,8 @@ def die() -> None:
 def kill_after_step(k: int) -> None:
     """Dead as step k+1 starts, or the moment a checkpoint of step k or later is on disk
     (the most a crash could lose if that file were written before its step's events)."""
-    commit = lp.resume.StepCheckpoint.on_train_batch_start
-    write = lp.resume.AtomicCheckpointIO.save_checkpoint
+    commit = lp.training.checkpointing.StepCheckpoint.on_train_batch_start
+    write = lp.training.checkpointing.AtomicCheckpointIO.save_checkpoint
 
     def on_train_batch_start(self, trainer, *args):
         commit(self, trainer, *args)
@@ -38,8 +38,8 @@ def kill_after_step(k: int) -> None:
         if not self.held and checkpoint["global_step"] >= k:
             die()
 
-    lp.resume.StepCheckpoint.on_train_batch_start = on_train_batch_start
-    lp.resume.AtomicCheckpointIO.save_checkpoint = save_checkpoint
+    lp.training.checkpointing.StepCheckpoint.on_train_batch_start = on_train_batch_start
+    lp.training.checkpointing.AtomicCheckpointIO.save_checkpoint = save_checkpoint
 
 
 def kill_while_writing() -> None:

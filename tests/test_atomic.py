@@ -1,12 +1,12 @@
-"""Writes that readers never see half done (lp.atomic), with ordinary permissions."""
+"""Writes that readers never see half done (lp.core.files), with ordinary permissions."""
 
 import os
 import stat
 
 import pytest
 
-from lp.atomic import staged_dir, write_atomic
-from lp.errors import LpError
+from lp.core.errors import LpError
+from lp.core.files import staged_dir, write_atomic
 
 
 def mode(path) -> int:

@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lp.callbacks import FreezeCallback, IdentityCheck, find_non_identity_blocks
-from lp.errors import LpError
+from lp.core.errors import LpError
 from lp.expansion import decoder_layers, expand_model, make_plan
-from lp.module import CausalLMModule
+from lp.training.callbacks import FreezeCallback, IdentityCheck, find_non_identity_blocks
+from lp.training.module import CausalLMModule
 from tests.conftest import tiny_llama
 
 

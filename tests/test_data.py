@@ -6,11 +6,11 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from lp.data import MixtureDataModule, build_source
-from lp.data.mathgen import math_problems
-from lp.data.packing import PackedMixture
-from lp.data.sources import gutenberg_bodies, is_eval, paragraphs_chunks, stdlib_python_files
-from lp.errors import LpError
+from lp.core.errors import LpError
+from lp.corpus import MixtureDataModule, build_source
+from lp.corpus.mathgen import math_problems
+from lp.corpus.packing import PackedMixture
+from lp.corpus.sources import gutenberg_bodies, is_eval, paragraphs_chunks, stdlib_python_files
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from lp.errors import LpError
+from lp.core.errors import LpError
 from lp.expansion import ARCHS, expand_model, make_plan
 from lp.expansion.arch import depth_fields
 from lp.expansion.discover import Refused, build, discover, find_layers, tiny_config

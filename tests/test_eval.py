@@ -13,10 +13,10 @@ from lm_eval.api.model import LM
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import LlamaForCausalLM
 
-from lp.eval import Suite, bench_deltas, evaluate_lm
-from lp.eval.data import general_documents, humaneval_dataset
-from lp.eval.scorers import final_number, humaneval_pass_at_1, math_exact_match
-from lp.eval.suite import evaluation_mode
+from lp.measure.benchmarks import Suite, bench_deltas, evaluate_lm
+from lp.measure.benchmarks.data import general_documents, humaneval_dataset
+from lp.measure.benchmarks.scorers import final_number, humaneval_pass_at_1, math_exact_match
+from lp.measure.benchmarks.suite import evaluation_mode
 from tests.conftest import ROOT, hydra_cli, run_lp, tiny_llama
 
 OFFLINE_TASKS = {"lp_cloze", "lp_continuation", "lp_math", "lp_humaneval"}
@@ -30,8 +30,8 @@ def eval_cfg(overrides=()):
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A random 2-layer LLaMA with a small byte-level BPE tokenizer, saved as a HF checkpoint."""
-    from lp.data import build_source
-    from lp.tiny import llama_config, train_tokenizer
+    from lp.corpus import build_source
+    from lp.training.bases import llama_config, train_tokenizer
 
     cfg = eval_cfg()
     source = build_source("general", {"domain": "general", **cfg.data.general})
@@ -167,7 +167,7 @@ def test_general_tasks_score_chance_for_a_uniform_model(general_suite):
 
 
 def test_general_tasks_use_only_held_out_documents(general_suite):
-    from lp.data.sources import is_eval
+    from lp.corpus.sources import is_eval
 
     _, docs = general_suite
     assert docs and all(is_eval(d, 0.05) for d in docs)
@@ -227,7 +227,7 @@ def test_callback_forgetting_matches_lp_eval_on_the_same_checkpoints(lp_cache, t
     """Step-0 and final benchmark scores of one smoke run, against eval.json files that
     lp.eval writes for the base (the expanded model before step 1 computes the same
     function) and for the export."""
-    from lp.eval.cli import run as evaluate
+    from lp.eval import run as evaluate
     from lp.train import run as train
 
     fast = [
@@ -254,7 +254,7 @@ def test_callback_forgetting_matches_lp_eval_on_the_same_checkpoints(lp_cache, t
     assert [e.step for e in forgetting] == [0, 4] and forgetting[0].value == 0.0
     assert result.module.model.training  # the model went back to training after each evaluation
 
-    from lp.models import resolve_base
+    from lp.training.bases import resolve_base
 
     base = resolve_base(cfg.model, cfg.data)
     general = {}

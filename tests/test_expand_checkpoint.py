@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from lp.expand import main as expand_main
 from lp.expand import parse_size
 from lp.expansion import ARCHS, ArchFacts, arch_facts, expand_model, make_plan
-from lp.expansion.checkpoint import source_tensors
+from lp.expansion.streamed import source_tensors
 from tests.test_families import FAMILIES, IDS, LAYERS, family_model
 
 
@@ -125,7 +125,7 @@ def test_existing_destination_needs_force_and_interruption_leaves_nothing(tmp_pa
     assert "exists; pass --force" in capsys.readouterr().err
     assert (dst / "keep.txt").read_text() == "mine"
 
-    import lp.expansion.checkpoint as ck
+    import lp.expansion.streamed as ck
 
     def boom(*a, **k):
         raise KeyboardInterrupt

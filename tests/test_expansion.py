@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoConfig, LlamaForCausalLM
 
-from lp.errors import LpError
+from lp.core.errors import LpError
 from lp.expansion import decoder_layers, expand_model, make_plan
 from tests.conftest import tiny_llama
 

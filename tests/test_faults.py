@@ -75,7 +75,9 @@ def unknown_dtype(d: Path) -> Path:
 
 def missing_shard(d: Path) -> Path:
     f = d / "model.safetensors.index.json"
-    f.write_text(json.dumps({"metadata": {}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors"}}))
+    f.write_text(
+        json.dumps({"metadata": {}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors"}})
+    )
     return f
 
 
@@ -91,8 +93,11 @@ DAMAGES = {
 
 def tree(d: Path) -> dict[str, str]:
     """Every file under ``d``, by relative path, with its SHA-256."""
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*"))
-            if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(d.rglob("*"))
+        if p.is_file()
+    }
 
 
 def no_temporaries(d: Path) -> list[str]:
@@ -104,8 +109,9 @@ def no_temporaries(d: Path) -> list[str]:
 
 def _mount(path: Path, size: str, read_only: bool) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                         capture_output=True, text=True)  # fmt: skip
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or 'mount failed'}): not tested here")
     if read_only:
@@ -176,8 +182,12 @@ def _link(t: Path) -> tuple[Path, Path]:
     return src, t / "link"
 
 
-DATA_LOSS = {"equal": (_same, "is the input"), "inside": (_inside, "lies inside the input"),
-             "above": (_parent, "contains the input"), "symlink to the input": (_link, "is the input")}  # fmt: skip
+DATA_LOSS = {
+    "equal": (_same, "is the input"),
+    "inside": (_inside, "lies inside the input"),
+    "above": (_parent, "contains the input"),
+    "symlink to the input": (_link, "is the input"),
+}
 
 
 @LIMIT
@@ -222,9 +232,12 @@ def test_lp_expand_force_replaces_an_expansion_or_an_empty_directory(tmp_path, c
 @LIMIT
 @pytest.mark.parametrize(
     "flags, message",
-    [(["--blocks", "-1"], "--blocks -1 is too small"), (["--blocks", "2", "--position", "1,99"], "--position index 99"),
-     (["--blocks", "x"], "--blocks: invalid int value")],
-)  # fmt: skip
+    [
+        (["--blocks", "-1"], "--blocks -1 is too small"),
+        (["--blocks", "2", "--position", "1,99"], "--position index 99"),
+        (["--blocks", "x"], "--blocks: invalid int value"),
+    ],
+)
 def test_lp_expand_names_its_flags_as_typed(flags, message, tmp_path, capsys):
     src = base_dir(tmp_path)
     if flags[1] == "x":  # argparse's own refusal: one line too (usage aside), exit 2
@@ -258,8 +271,13 @@ def test_lp_expand_onto_a_full_disk_is_one_line_and_leaves_nothing(full, tmp_pat
 def test_lp_expand_killed_while_writing_leaves_no_output_and_the_next_run_cleans_up(tmp_path):
     src, dst = base_dir(tmp_path), tmp_path / "dst"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([sys.executable, "-m", "lp.expand", str(src), str(dst), "--blocks", "2"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lp.expand", str(src), str(dst), "--blocks", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while not any(p.name.startswith(".dst.tmp-") and any(p.iterdir()) for p in tmp_path.iterdir()):
         assert proc.poll() is None and time.monotonic() < deadline, "lp.expand ended before it was killed"
@@ -275,9 +293,11 @@ def test_lp_expand_killed_while_writing_leaves_no_output_and_the_next_run_cleans
 
 
 def test_a_stale_temporary_of_a_dead_writer_goes_and_a_live_one_stays(tmp_path):
-    from lp.atomic import remove_stale, write_atomic
+    from lp.core.files import remove_stale, write_atomic
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     pid = int(dead.stdout)
     (tmp_path / f".report.md.tmp-{pid}-ab12.tmp").write_text("half")
     (tmp_path / f".report.md.tmp-{os.getppid()}-cd34.tmp").write_text("a live writer's")
@@ -286,7 +306,8 @@ def test_a_stale_temporary_of_a_dead_writer_goes_and_a_live_one_stays(tmp_path):
     write_atomic(tmp_path / "report.md", "new")
     remove_stale(tmp_path / "export")  # the export went missing mid-swap: its last version comes back
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["report.md", f".report.md.tmp-{os.getppid()}-cd34.tmp", "export"])  # fmt: skip
+        ["report.md", f".report.md.tmp-{os.getppid()}-cd34.tmp", "export"]
+    )
     assert (tmp_path / "export/model.safetensors").read_text() == "the last complete export"
 
 
@@ -307,8 +328,14 @@ def test_lp_train_names_a_damaged_base_before_anything_runs(damage, lp_cache, tm
     make, message = DAMAGES[damage]
     make(src)
     before = tree(src)
-    code, err = train(monkeypatch, capsys, lp_cache, "model=hf", f"model.name_or_path={src}",
-                      f"hydra.run.dir={tmp_path}/run")  # fmt: skip
+    code, err = train(
+        monkeypatch,
+        capsys,
+        lp_cache,
+        "model=hf",
+        f"model.name_or_path={src}",
+        f"hydra.run.dir={tmp_path}/run",
+    )
     check_one_line(code, err, message)
     assert tree(src) == before and not (tmp_path / "run").exists()
 
@@ -317,8 +344,15 @@ def test_lp_train_names_a_damaged_base_before_anything_runs(damage, lp_cache, tm
 def test_lp_train_refuses_a_base_without_a_tokenizer(lp_cache, tmp_path, monkeypatch, capsys):
     src = base_dir(tmp_path)
     (src / "tokenizer_config.json").unlink()
-    code, err = train(monkeypatch, capsys, lp_cache, "model=hf", f"model.name_or_path={src}", "stage=sft",
-                      f"hydra.run.dir={tmp_path}/run")  # fmt: skip
+    code, err = train(
+        monkeypatch,
+        capsys,
+        lp_cache,
+        "model=hf",
+        f"model.name_or_path={src}",
+        "stage=sft",
+        f"hydra.run.dir={tmp_path}/run",
+    )
     check_one_line(code, err, "has weights but no tokenizer")
     assert not (tmp_path / "run").exists()
 
@@ -338,7 +372,9 @@ def test_lp_train_into_a_read_only_place_is_one_line(read_only, lp_cache, monkey
 
 
 @LIMIT
-def test_lp_train_refuses_to_replace_a_foreign_export_before_training(lp_cache, tmp_path, monkeypatch, capsys):
+def test_lp_train_refuses_to_replace_a_foreign_export_before_training(
+    lp_cache, tmp_path, monkeypatch, capsys
+):
     (tmp_path / "run/export").mkdir(parents=True)
     (tmp_path / "run/export/notes.txt").write_text("mine")
     before = tree(tmp_path / "run")
@@ -351,9 +387,21 @@ def test_lp_train_refuses_to_replace_a_foreign_export_before_training(lp_cache, 
 def checkpointed(lp_cache, tmp_path_factory):
     """A finished smoke run with a checkpoint, and a stale export temporary a kill left."""
     run_dir = tmp_path_factory.mktemp("checkpointed") / "run"
-    res = subprocess.run([sys.executable, "-m", "lp.train", "debug=smoke", "callbacks.checkpoint.enabled=true",
-                          f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "LP_CACHE": str(lp_cache), "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lp.train",
+            "debug=smoke",
+            "callbacks.checkpoint.enabled=true",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "LP_CACHE": str(lp_cache), "HF_HUB_OFFLINE": "1"},
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     return run_dir
 
@@ -361,26 +409,39 @@ def checkpointed(lp_cache, tmp_path_factory):
 @LIMIT
 @pytest.mark.parametrize(
     "override, message",
-    [("expansion.blocks=2", "expansion.blocks=2 differs from 8"), ("data.seq_len=32", "data.seq_len=32 differs"),
-     ("strategy=ddp trainer.devices=2 trainer.accelerator=cpu", "written by 1 processes")],
-)  # fmt: skip
-def test_a_refused_resume_leaves_the_run_directory_byte_identical(override, message, checkpointed, lp_cache,
-                                                                 monkeypatch, capsys):  # fmt: skip
+    [
+        ("expansion.blocks=2", "expansion.blocks=2 differs from 8"),
+        ("data.seq_len=32", "data.seq_len=32 differs"),
+        ("strategy=ddp trainer.devices=2 trainer.accelerator=cpu", "written by 1 processes"),
+    ],
+)
+def test_a_refused_resume_leaves_the_run_directory_byte_identical(
+    override, message, checkpointed, lp_cache, monkeypatch, capsys
+):
     before = {k: v for k, v in tree(checkpointed).items() if not k.endswith(".log")}
     assert ".hydra/config.yaml" in before and ".hydra/overrides.yaml" in before
-    code, err = train(monkeypatch, capsys, lp_cache, "callbacks.checkpoint.enabled=true", *override.split(),
-                      f"hydra.run.dir={checkpointed}")  # fmt: skip
+    code, err = train(
+        monkeypatch,
+        capsys,
+        lp_cache,
+        "callbacks.checkpoint.enabled=true",
+        *override.split(),
+        f"hydra.run.dir={checkpointed}",
+    )
     check_one_line(code, err, message)
     assert {k: v for k, v in tree(checkpointed).items() if not k.endswith(".log")} == before
 
 
 @LIMIT
-def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_no_partial_file(lp_cache, tmp_path, monkeypatch,
-                                                                              capsys):  # fmt: skip
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_no_partial_file(
+    lp_cache, tmp_path, monkeypatch, capsys
+):
     d = tmp_path / "small"
     _mount(d, "1m", read_only=False)  # the run's logs fit; a 4 MB checkpoint does not
     try:
-        code, err = train(monkeypatch, capsys, lp_cache, "callbacks.checkpoint.enabled=true", f"hydra.run.dir={d}/run")
+        code, err = train(
+            monkeypatch, capsys, lp_cache, "callbacks.checkpoint.enabled=true", f"hydra.run.dir={d}/run"
+        )
         check_one_line(code, err, "No space left on device")
         assert "step-4.ckpt" in err
         assert not list((d / "run").rglob("*.ckpt")) and not no_temporaries(d)
@@ -393,8 +454,14 @@ def test_the_next_run_removes_what_a_killed_export_left(checkpointed, lp_cache, 
     stale = checkpointed / ".export.tmp-99999999-x1"  # no such process
     stale.mkdir()
     (stale / "model.safetensors").write_text("half an export")
-    code, err = train(monkeypatch, capsys, lp_cache, "callbacks.checkpoint.enabled=true", "trainer.max_steps=5",
-                      f"hydra.run.dir={checkpointed}")  # fmt: skip
+    code, err = train(
+        monkeypatch,
+        capsys,
+        lp_cache,
+        "callbacks.checkpoint.enabled=true",
+        "trainer.max_steps=5",
+        f"hydra.run.dir={checkpointed}",
+    )
     assert code == 0, err[-2000:]
     assert not stale.exists() and (checkpointed / "export/lp_expansion.json").is_file()
 
@@ -406,12 +473,20 @@ def test_the_next_run_removes_what_a_killed_export_left(checkpointed, lp_cache, 
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda t: ["out=" + str((t / "file.txt", (t / "file.txt").write_text("mine"))[0])], "is not a directory"),
+        (
+            lambda t: ["out=" + str((t / "file.txt", (t / "file.txt").write_text("mine"))[0])],
+            "is not a directory",
+        ),
         (lambda t: ["device=cuda"], "device=cuda needs a CUDA GPU"),
         (lambda t: ["device=cuda:3"], "device=cuda:3"),
-        (lambda t: ["model=hf", f"model.name_or_path={(lambda d: (truncate(d), d)[1])(base_dir(t))}"], "truncated"),
-        (lambda t: ["model=hf", f"model.name_or_path={(lambda d: (zero_bytes(d), d)[1])(base_dir(t))}"],
-         "is empty (0 bytes)"),
+        (
+            lambda t: ["model=hf", f"model.name_or_path={(lambda d: (truncate(d), d)[1])(base_dir(t))}"],
+            "truncated",
+        ),
+        (
+            lambda t: ["model=hf", f"model.name_or_path={(lambda d: (zero_bytes(d), d)[1])(base_dir(t))}"],
+            "is empty (0 bytes)",
+        ),
     ],
     ids=["out is a file", "no cuda", "no such cuda device", "truncated weights", "zero-byte weights"],
 )
@@ -440,10 +515,13 @@ def test_lp_eval_into_a_read_only_place_is_one_line(read_only, tmp_path, monkeyp
 @LIMIT
 @pytest.mark.parametrize(
     "target, message",
-    [(lambda t, ro: t.mkdir() or t, "is a directory"), (lambda t, ro: ro / "inspect.json", "read-only file system"),
-     (lambda t, ro: (t.write_text("a file"), t / "inspect.json")[1], "is not a directory")],
+    [
+        (lambda t, ro: t.mkdir() or t, "is a directory"),
+        (lambda t, ro: ro / "inspect.json", "read-only file system"),
+        (lambda t, ro: (t.write_text("a file"), t / "inspect.json")[1], "is not a directory"),
+    ],
     ids=["a directory", "read-only", "under a file"],
-)  # fmt: skip
+)
 def test_lp_data_checks_where_its_json_goes_before_drawing(target, message, tmp_path, monkeypatch, capsys):
     ro = tmp_path / "ro"
     if "read-only" in message:
@@ -479,8 +557,9 @@ def test_lp_report_into_a_read_only_place_is_one_line(read_only, tmp_path, capsy
 
     sweep = a_sweep(tmp_path)
     before = tree(sweep)
-    check_one_line(main([str(sweep), "--out", str(read_only / "rep")]), capsys.readouterr().err,
-                   "read-only file system")  # fmt: skip
+    check_one_line(
+        main([str(sweep), "--out", str(read_only / "rep")]), capsys.readouterr().err, "read-only file system"
+    )
     assert tree(sweep) == before
 
 
@@ -516,7 +595,16 @@ def test_chat_rows_with_only_empty_assistant_turns_are_refused(tmp_path, monkeyp
     row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]}
     f.write_text("\n".join(json.dumps(row) for _ in range(3)) + "\n")
     monkeypatch.setenv("LP_CACHE", str(tmp_path / "cache"))
-    code = hydra_cli("lp.train", ["model=tiny", "stage=sft", "data=chat_local", f"data.sources.chat.files={f}",
-                                  f"hydra.run.dir={tmp_path}/run"], monkeypatch)  # fmt: skip
+    code = hydra_cli(
+        "lp.train",
+        [
+            "model=tiny",
+            "stage=sft",
+            "data=chat_local",
+            f"data.sources.chat.files={f}",
+            f"hydra.run.dir={tmp_path}/run",
+        ],
+        monkeypatch,
+    )
     check_one_line(code, capsys.readouterr().err, "every assistant turn in")
     assert not (tmp_path / "run").exists()

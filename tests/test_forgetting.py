@@ -1,4 +1,4 @@
-"""Forgetting the measurement can see (lp.forgetting): KL to the base, the base's own text,
+"""Forgetting the measurement can see (lp.measure.forgetting): KL to the base, the base's own text,
 per-row errors of forgetting, and the controls (in-place training, LoRA on the new blocks,
 replay), through the real config and a real Trainer on the smoke base."""
 
@@ -11,11 +11,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM
 
-from lp.data import MixtureDataModule
-from lp.data.own_text import cached_own_text, own_text
+from lp.corpus import MixtureDataModule
+from lp.corpus.own_text import cached_own_text, own_text
 from lp.expansion import decoder_layers
-from lp.forgetting import Forgetting, _row_kl, full_reference
-from lp.report import scalars
+from lp.measure.forgetting import Forgetting, _row_kl, full_reference
+from lp.reports.runs import scalars
 from lp.train import run
 from tests.conftest import ROOT, tiny_llama
 from tests.test_data import tokenizer  # noqa: F401  (the shared BPE fixture)
@@ -177,7 +177,7 @@ def test_replay_share_matches_its_setting(tokenizer, replay):  # noqa: F811
 
 
 def test_eval_rows_carry_their_global_index_on_every_rank(tokenizer):  # noqa: F811
-    from lp.data.datamodule import indexed_rows
+    from lp.corpus.text import indexed_rows
 
     rows = torch.arange(30).view(10, 3)
     seen = {}

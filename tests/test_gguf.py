@@ -11,9 +11,9 @@ import transformers
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import lp.gguf
+import lp.base.gguf
+from lp.base.gguf import converted_base, locate
 from lp.expansion import expand_model, make_plan
-from lp.gguf import converted_base, locate
 from tests.conftest import check_one_line, hydra_cli
 
 FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -75,9 +75,9 @@ def test_second_call_reuses_the_cache(smollm2, monkeypatch):
     def no_conversion(*a, **k):
         raise AssertionError("converted twice")
 
-    monkeypatch.setattr(lp.gguf, "convert", no_conversion)
+    monkeypatch.setattr(lp.base.gguf, "convert", no_conversion)
     assert converted_base(smollm2["gguf"], str(smollm2["cache"])) == smollm2["base"]
-    assert lp.gguf.declared_layers(smollm2["gguf"], str(smollm2["cache"])) == 30
+    assert lp.base.gguf.declared_layers(smollm2["gguf"], str(smollm2["cache"])) == 30
 
 
 def test_an_interrupted_conversion_leaves_no_cache_entry(smollm2, tmp_path, monkeypatch):
@@ -85,7 +85,7 @@ def test_an_interrupted_conversion_leaves_no_cache_entry(smollm2, tmp_path, monk
         (out / "model.safetensors").write_bytes(b"\0" * 1000)  # half written, then stopped
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lp.gguf, "convert", interrupted)
+    monkeypatch.setattr(lp.base.gguf, "convert", interrupted)
     with pytest.raises(KeyboardInterrupt):
         converted_base(smollm2["gguf"], str(tmp_path / "cache"))
     assert list((tmp_path / "cache").iterdir()) == []
@@ -119,7 +119,9 @@ def tiny_gguf(path, arch: str):
 
 @pytest.mark.parametrize("arch", ["bert", "t5"])  # bert: no GGUF loader; t5: not a causal LM lp expands
 def test_unsupported_architectures_are_refused_before_conversion(arch, tmp_path):
-    with pytest.raises(lp.gguf.LpError, match=f"holds a '{arch}' model; lp converts GGUF files of .*llama"):
+    with pytest.raises(
+        lp.base.gguf.LpError, match=f"holds a '{arch}' model; lp converts GGUF files of .*llama"
+    ):
         converted_base(tiny_gguf(tmp_path / "m.gguf", arch), str(tmp_path / "cache"))
     assert not (tmp_path / "cache").exists()
 
@@ -127,7 +129,7 @@ def test_unsupported_architectures_are_refused_before_conversion(arch, tmp_path)
 def test_a_truncated_file_is_refused(smollm2, tmp_path):
     half = tmp_path / "half.gguf"
     half.write_bytes(smollm2["gguf"].read_bytes()[: 10**6])
-    with pytest.raises(lp.gguf.LpError, match="half.gguf is not a readable GGUF file"):
+    with pytest.raises(lp.base.gguf.LpError, match="half.gguf is not a readable GGUF file"):
         converted_base(half, str(tmp_path / "cache"))
     assert not (tmp_path / "cache").exists()
 
@@ -194,7 +196,7 @@ def test_lp_expand_takes_a_gguf_file_through_its_conversion(smollm2, tmp_path, m
     from lp.expand import main as expand_main
 
     monkeypatch.setenv("LP_CACHE", str(smollm2["cache"]))
-    monkeypatch.setattr(lp.gguf, "convert", None)  # the session's conversion is reused
+    monkeypatch.setattr(lp.base.gguf, "convert", None)  # the session's conversion is reused
     dst = tmp_path / "pro"
     assert expand_main([str(smollm2["gguf"].parent), str(dst), "--blocks", "8", "--gguf-file", FILE]) == 0
     assert json.loads((dst / "config.json").read_text())["num_hidden_layers"] == 38

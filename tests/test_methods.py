@@ -4,12 +4,12 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from lp.callbacks import FreezeCallback
-from lp.errors import LpError
+from lp.core.errors import LpError
 from lp.expansion import decoder_layers, make_plan
-from lp.methods import METHODS, get_method, prepare
-from lp.methods.moe import MixedDownProj, fold
-from lp.module import CausalLMModule
+from lp.training.callbacks import FreezeCallback
+from lp.training.methods import METHODS, get_method, prepare
+from lp.training.methods.moe import MixedDownProj, fold
+from lp.training.module import CausalLMModule
 from tests.conftest import tiny_llama
 from tests.test_callbacks import fit
 
@@ -101,7 +101,7 @@ def test_every_method_has_a_config():
     assert {p.stem for p in (ROOT / "conf/method").glob("*.yaml")} == set(METHODS)
 
 
-# What each method trains, written from the paper and lp's docs, not read from lp.methods:
+# What each method trains, written from the paper and lp's docs, not read from lp.training.methods:
 # editing a method (or its config) to train something else fails here.
 TRAINS = {
     "block_expansion": lambda name, plan: any(name.startswith(f"model.layers.{j}.") for j in plan.new_layers),

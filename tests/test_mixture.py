@@ -10,11 +10,11 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from lp.data import build_source
-from lp.data.datamodule import TrainedStateLoader
-from lp.data.packing import PackedMixture, TokenCursor, document_positions
-from lp.errors import LpError
-from lp.module import CausalLMModule
+from lp.core.errors import LpError
+from lp.corpus import build_source
+from lp.corpus.packing import PackedMixture, TokenCursor, document_positions
+from lp.corpus.text import TrainedStateLoader
+from lp.training.module import CausalLMModule
 from tests.conftest import ROOT, run_lp, tiny_llama
 from tests.test_data import tokenizer  # noqa: F401  (the shared BPE fixture)
 

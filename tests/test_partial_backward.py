@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lp.callbacks import FreezeCallback
 from lp.expansion import decoder_layers, expand_model, make_plan
-from lp.flops import lowest_trainable_layer, useful_flops_per_token
-from lp.module import CausalLMModule
+from lp.measure.flops import lowest_trainable_layer, useful_flops_per_token
+from lp.training.callbacks import FreezeCallback
+from lp.training.module import CausalLMModule
 from tests.conftest import tiny_llama
 
 IDS = torch.randint(0, 99, (2, 16), generator=torch.Generator().manual_seed(0))

@@ -1,6 +1,6 @@
 import pytest
 
-from lp.errors import LpError
+from lp.core.errors import LpError
 from lp.expansion import ExpansionPlan, make_plan
 
 

@@ -1,4 +1,4 @@
-"""Resume (lp.resume): a run killed with SIGKILL, resumed with ``resume=auto``, ends
+"""Resume (lp.training.checkpointing): a run killed with SIGKILL, resumed with ``resume=auto``, ends
 exactly as an uninterrupted one: every TensorBoard scalar at every step, bit for bit,
 and the same export. Plus what a checkpoint holds and what a resume refuses.
 
@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, TensorDataset
 
-from lp.resume import KEY, AtomicCheckpointIO, Resumable, StepCheckpoint, steps
 from lp.train import run
+from lp.training.checkpointing import KEY, AtomicCheckpointIO, Resumable, StepCheckpoint, steps
 from tests.conftest import ROOT, check_one_line, hydra_cli
 
 SHORT = [

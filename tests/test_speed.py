@@ -1,4 +1,4 @@
-"""The speed options (lp.speed) and lp.bench, on CPU: the same code the GPU runs."""
+"""The speed options (lp.training.speed) and lp.bench, on CPU: the same code the GPU runs."""
 
 import copy
 import importlib.machinery
@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lp.callbacks import FreezeCallback
-from lp.errors import LpError
+from lp.core.errors import LpError
 from lp.expansion import decoder_layers, expand_model, make_plan
-from lp.flops import lowest_trainable_layer
-from lp.module import CausalLMModule
-from lp.speed import SpeedUp, cast_frozen_linears, checkpoint_trained_layers, compile_model, speed_up
+from lp.measure.flops import lowest_trainable_layer
+from lp.training.callbacks import FreezeCallback
+from lp.training.module import CausalLMModule
+from lp.training.speed import SpeedUp, cast_frozen_linears, checkpoint_trained_layers, compile_model, speed_up
 from tests.conftest import tiny_llama
 
 
@@ -209,12 +209,14 @@ def test_fused_adamw_clips_gradients_under_bf16_mixed():
 
 def test_bf16_mixed_run_trains_in_bf16_and_exports_frozen_weights_unchanged(lp_cache, tmp_path, monkeypatch):
     """The whole lp.train path with bf16-mixed (the GPU default) on CPU."""
-    import lp.speed
+    import lp.training.speed
     from tests.test_train import compose_cfg
 
     applied = []
-    real = lp.speed.speed_up
-    monkeypatch.setattr(lp.speed, "speed_up", lambda *a, **k: applied.append(real(*a, **k)) or applied[-1])
+    real = lp.training.speed.speed_up
+    monkeypatch.setattr(
+        lp.training.speed, "speed_up", lambda *a, **k: applied.append(real(*a, **k)) or applied[-1]
+    )
     monkeypatch.setenv("LP_CACHE", str(lp_cache))
     cfg = compose_cfg([f"logger.save_dir={tmp_path}", "trainer.precision=bf16-mixed", "trainer.max_steps=2"])
     result = lp.train.run(cfg, tmp_path / "run")

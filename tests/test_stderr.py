@@ -6,7 +6,7 @@ import statistics
 import pytest
 import torch
 
-from lp.stderr import RowStdErr, row_losses
+from lp.measure.rowstats import RowStdErr, row_losses
 from tests.conftest import tiny_llama
 
 

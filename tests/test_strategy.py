@@ -1,4 +1,4 @@
-"""Scale-out (lp.strategy, conf/strategy/): a 2-process DDP run against one process with the
+"""Scale-out (lp.training.strategy, conf/strategy/): a 2-process DDP run against one process with the
 same global batch, the FSDP unit layout on the real expanded model, the DDP unused-parameter
 flag, and the shape of the SLURM job the launcher submits. FSDP and DeepSpeed need CUDA: their
 runs are marked ``gpu``."""
@@ -13,11 +13,11 @@ import torch
 from lightning.pytorch.plugins.precision import Precision
 from safetensors.torch import load_file
 
-from lp.callbacks import FreezeCallback, find_non_identity_blocks
 from lp.expansion import expand_model, make_plan
-from lp.methods import METHODS, get_method, prepare
-from lp.module import CausalLMModule
-from lp.strategy import KeepFrozenOriginals, build, fsdp_units, gathered_state, unit_kinds
+from lp.training.callbacks import FreezeCallback, find_non_identity_blocks
+from lp.training.methods import METHODS, get_method, prepare
+from lp.training.module import CausalLMModule
+from lp.training.strategy import KeepFrozenOriginals, build, fsdp_units, gathered_state, unit_kinds
 from tests.conftest import ROOT, hydra_cli, run_lp, tiny_llama
 from tests.test_train import scalars
 
@@ -29,7 +29,9 @@ def frozen_module(method: str = "block_expansion", tied: bool = False, **freeze)
     model = tiny_llama(layers=4, tie_word_embeddings=tied)
     m = get_method(method)
     expands = m.blocks == "required"
-    plan = make_plan(4, blocks=2 if expands else 0, position="interleave", source="group_top", init="zero_out")
+    plan = make_plan(
+        4, blocks=2 if expands else 0, position="interleave", source="group_top", init="zero_out"
+    )
     if expands:
         expand_model(model, plan)
     module = CausalLMModule(prepare(model, m, METHOD_SETTINGS), plan, method=m)
@@ -296,8 +298,8 @@ def test_what_a_sharded_strategy_cannot_do_yet_is_refused(overrides, message, mo
     FSDP. The CUDA check is stubbed so the rule behind it is reached on a CPU machine."""
     from hydra import compose, initialize_config_dir
 
-    from lp.errors import LpError
-    from lp.strategy import check
+    from lp.core.errors import LpError
+    from lp.training.strategy import check
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose("train", overrides=["strategy=fsdp", "trainer=gpu", *overrides])

@@ -6,7 +6,7 @@ without importing torch."""
 from importlib import import_module
 
 _EXPORTS = {
-    "ARCHS": "arch", "ArchFacts": "arch", "arch_facts": "arch", "init_value": "arch",
+    "ARCHS": "arch", "ArchFacts": "arch", "arch_facts": "facts", "init_value": "arch",
     "INITS": "plan", "POSITIONS": "plan", "SOURCES": "plan", "ExpansionPlan": "plan", "make_plan": "plan",
     "decoder_layers": "inplace", "expand_model": "inplace",
 }  # fmt: skip

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lp.errors import LpError
+from lp.core.errors import LpError
 
 if TYPE_CHECKING:
     from lp.expansion.plan import ExpansionPlan
@@ -111,19 +111,6 @@ ARCHS: dict[str, ArchFacts] = {
     "mixtral": MOE,
     "qwen3_moe": MOE,
 }
-
-
-def arch_facts(config: Any) -> ArchFacts:
-    """The facts for a model's config (a ``PretrainedConfig`` or a ``config.json``
-    dict): the ``ARCHS`` entry when there is one (an explicit override), else what
-    ``lp.expansion.discover`` finds on a tiny copy of the model. Raises LpError
-    with the reason when the family cannot be expanded safely."""
-    model_type = config.get("model_type") if isinstance(config, dict) else config.model_type
-    if model_type in ARCHS:
-        return ARCHS[model_type]
-    from lp.expansion.discover import discover  # torch and transformers: only when needed
-
-    return discover(config)
 
 
 def init_value(name: str, init: str, facts: ArchFacts) -> float | None:

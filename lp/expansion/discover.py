@@ -33,8 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lp.errors import LpError, first_line
+from lp.core.errors import LpError, first_line
 from lp.expansion.arch import ArchFacts, init_value
+from lp.expansion.blocks import insert_blocks
 from lp.expansion.plan import make_plan
 
 
@@ -261,10 +262,8 @@ def layer_index_lists(cfg, n: int) -> tuple[str, ...]:
 
 def expanded(base: nn.Module, facts: ArchFacts, init: str = "zero_out") -> tuple[nn.Module, tuple[int, ...]]:
     """A copy of ``base`` with two new blocks (interleaved) and the new blocks' indices."""
-    from lp.expansion.inplace import expand_model
-
     plan = make_plan(base.config.num_hidden_layers, 2, init=init)
-    return expand_model(copy.deepcopy(base), plan, facts), plan.new_layers
+    return insert_blocks(copy.deepcopy(base), plan, facts), plan.new_layers
 
 
 def residual_outputs(base: nn.Module, facts: ArchFacts, ids, ref) -> tuple[str, ...]:

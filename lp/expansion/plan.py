@@ -38,12 +38,26 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from lp.errors import LpError
+from lp.core.config import fixed
+from lp.core.errors import LpError
 
+EXPANSION_FILE = "lp_expansion.json"  # the plan, written next to every expanded checkpoint
 POSITIONS = ("interleave", "top", "bottom")
 SOURCES = ("group_top", "group_bottom", "neighbour_below", "neighbour_above")
 INITS = ("zero_out", "zero_norm", "copy")
+
+
+@dataclass
+class ExpansionConfig:
+    """The ``expansion`` group. Checked by ``make_plan`` against the base's depth, the
+    only place that can tell whether a layout fits; a resumed run keeps all of it."""
+
+    blocks: int = fixed()
+    position: Any = fixed()  # interleave | top | bottom | a list of insertion indices
+    source: str = fixed()
+    init: str = fixed()
 
 
 @dataclass(frozen=True)
@@ -167,8 +181,8 @@ def insertion_indices(base_layers: int, blocks: int, position: str | Sequence[in
     for i in indices:
         if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i <= base_layers:
             raise LpError(
-                f"{_name(names, 'position')} index {i!r} is out of range; allowed: integers in [0, {base_layers}] "
-                f"for a base of {base_layers} layers"
+                f"{_name(names, 'position')} index {i!r} is out of range; "
+                f"allowed: integers in [0, {base_layers}] for a base of {base_layers} layers"
             )
     return indices
 
@@ -177,12 +191,15 @@ def _source_layer(i: int, indices: list[int], base_layers: int, source: str,
                   names: Mapping[str, str] | None = None) -> int:  # fmt: skip
     if source == "neighbour_below":
         if i == 0:
-            raise LpError(f"{_setting(names, 'source', source)} has no layer below a block inserted at index 0")
+            raise LpError(
+                f"{_setting(names, 'source', source)} has no layer below a block inserted at index 0"
+            )
         return i - 1
     if source == "neighbour_above":
         if i == base_layers:
             raise LpError(
-                f"{_setting(names, 'source', source)} has no layer above a block inserted at index {base_layers}"
+                f"{_setting(names, 'source', source)} has no layer above a block inserted at index "
+                f"{base_layers}"
             )
         return i
     cuts = sorted({0, base_layers, *indices})

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from lp.errors import LpError
+from lp.core.errors import LpError
 from lp.expansion.plan import ExpansionPlan
 
 
