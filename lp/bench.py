@@ -1,8 +1,9 @@
 """``python -m lp.bench``: lp's training step against a plain PyTorch loop.
 
 Runs the same model, batches and number of steps through (a) the loop a user
-would write, shaped like ``shared/bench/naive_reference.py`` (transformers
-model, no KV cache, requires_grad=False on the original blocks, frozen weights
+would write, shaped like the plain-PyTorch reference loop that lp's GPU targets were
+set against (the team's, kept outside this repository; experiments/BENCHMARKS.md
+names it): a transformers model, no KV cache, requires_grad=False on the original blocks, frozen weights
 cast to bf16 and autocast bf16 on CUDA, fused AdamW on CUDA over the trainable
 parameters) and (b) lp's real step (CausalLMModule + FreezeCallback + SpeedUp
 with the configured speed options, in a Lightning Trainer), for block expansion

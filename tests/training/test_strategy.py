@@ -18,8 +18,8 @@ from lp.training.callbacks import FreezeCallback, find_non_identity_blocks
 from lp.training.methods import METHODS, get_method, prepare
 from lp.training.module import CausalLMModule
 from lp.training.strategy import KeepFrozenOriginals, build, fsdp_units, gathered_state, unit_kinds
+from tests.commands.test_train import scalars
 from tests.conftest import ROOT, hydra_cli, run_lp, tiny_llama
-from tests.test_train import scalars
 
 METHOD_SETTINGS = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
 

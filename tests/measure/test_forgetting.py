@@ -18,7 +18,7 @@ from lp.measure.forgetting import Forgetting, _row_kl, full_reference
 from lp.reports.runs import scalars
 from lp.train import run
 from tests.conftest import ROOT, tiny_llama
-from tests.test_data import tokenizer  # noqa: F401  (the shared BPE fixture)
+from tests.corpus.test_text import tokenizer  # noqa: F401  (the shared BPE fixture)
 
 
 def smoke(tmp, *overrides):

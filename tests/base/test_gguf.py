@@ -161,7 +161,7 @@ def test_a_short_smollm2_run_trains_only_the_new_blocks(smollm2, tmp_path, monke
     """The whole lp.train path on the real base: identity check, freezing with a tied
     head, export."""
     from lp.train import run
-    from tests.test_train import compose_cfg
+    from tests.commands.test_train import compose_cfg
 
     monkeypatch.setenv("LP_CACHE", str(smollm2["cache"]))
     cfg = compose_cfg(

@@ -11,7 +11,7 @@ from lp.training.methods import METHODS, get_method, prepare
 from lp.training.methods.moe import MixedDownProj, fold
 from lp.training.module import CausalLMModule
 from tests.conftest import tiny_llama
-from tests.test_callbacks import fit
+from tests.training.test_callbacks import fit
 
 IDS = torch.randint(0, 99, (2, 12), generator=torch.Generator().manual_seed(3))
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"]}
@@ -117,7 +117,7 @@ TRAINS = {
 @pytest.mark.parametrize("name", sorted(TRAINS))
 def test_the_real_config_trains_exactly_what_the_method_says(name, lp_cache, tmp_path, monkeypatch):
     from lp.train import run
-    from tests.test_train import compose_cfg
+    from tests.commands.test_train import compose_cfg
 
     assert set(TRAINS) == set(METHODS)
     monkeypatch.setenv("LP_CACHE", str(lp_cache))

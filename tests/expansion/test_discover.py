@@ -9,7 +9,7 @@ from lp.core.errors import LpError
 from lp.expansion import ARCHS, expand_model, make_plan
 from lp.expansion.arch import depth_fields
 from lp.expansion.discover import Refused, build, discover, find_layers, tiny_config
-from tests.test_families import IDS
+from tests.expansion.test_families import IDS
 
 
 def block_names(model_type: str) -> list[str]:

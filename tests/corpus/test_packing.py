@@ -16,7 +16,7 @@ from lp.corpus.packing import PackedMixture, TokenCursor, document_positions
 from lp.corpus.text import TrainedStateLoader
 from lp.training.module import CausalLMModule
 from tests.conftest import ROOT, run_lp, tiny_llama
-from tests.test_data import tokenizer  # noqa: F401  (the shared BPE fixture)
+from tests.corpus.test_text import tokenizer  # noqa: F401  (the shared BPE fixture)
 
 
 def numbered(tmp_path, name, n, field="text", fmt="doc {i} of {name}: " + "word " * 20):

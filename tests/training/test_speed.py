@@ -210,7 +210,7 @@ def test_fused_adamw_clips_gradients_under_bf16_mixed():
 def test_bf16_mixed_run_trains_in_bf16_and_exports_frozen_weights_unchanged(lp_cache, tmp_path, monkeypatch):
     """The whole lp.train path with bf16-mixed (the GPU default) on CPU."""
     import lp.training.speed
-    from tests.test_train import compose_cfg
+    from tests.commands.test_train import compose_cfg
 
     applied = []
     real = lp.training.speed.speed_up

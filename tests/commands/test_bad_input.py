@@ -199,7 +199,7 @@ def test_lp_eval_refuses_bad_input_in_one_line(overrides, message, tmp_path, mon
 
 
 def expand_src(tmp):
-    from tests.test_expand_checkpoint import family_model, save
+    from tests.expansion.test_streamed import family_model, save
 
     return save(family_model("llama"), tmp / "src")
 

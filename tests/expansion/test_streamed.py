@@ -11,7 +11,7 @@ from lp.expand import main as expand_main
 from lp.expand import parse_size
 from lp.expansion import ARCHS, ArchFacts, arch_facts, expand_model, make_plan
 from lp.expansion.streamed import source_tensors
-from tests.test_families import FAMILIES, IDS, LAYERS, family_model
+from tests.expansion.test_families import FAMILIES, IDS, LAYERS, family_model
 
 
 def save(model, path, **kw):
