@@ -1,5 +1,5 @@
 """``python tests/killed_run.py WHEN [lp.train overrides]``: ``python -m lp.train`` that
-kills itself with SIGKILL, as a preempted or crashed job dies (tests/test_resume.py).
+kills itself with SIGKILL, as a preempted or crashed job dies (tests/training/test_checkpointing.py).
 
 WHEN is ``step=K``: as step K+1 is about to start (K steps done), or as soon as a
 checkpoint of step K or later is on disk, whichever comes first; or ``write``: halfway

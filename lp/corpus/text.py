@@ -90,7 +90,7 @@ class MixtureDataModule(L.LightningDataModule):
         tokenizer,
         sources: dict,
         general: dict | None,
-        seq_len: int = 128,  # the defaults are conf/data/common.yaml's (tests/test_config.py)
+        seq_len: int = 128,  # the defaults are conf/data/common.yaml's (tests/core/test_config.py)
         batch_size: int = 2,
         eval_batch_size: int = 16,
         eval_tokens: int = 512,

@@ -63,7 +63,7 @@ class ChatDataModule(L.LightningDataModule):
         tokenizer,
         sources: dict,
         general: dict | None,
-        seq_len: int = 512,  # the defaults are conf/data/chat_common.yaml's (tests/test_config.py)
+        seq_len: int = 512,  # the defaults are conf/data/chat_common.yaml's (tests/core/test_config.py)
         batch_size: int = 2,
         eval_batch_size: int = 8,
         eval_tokens: int = 4096,

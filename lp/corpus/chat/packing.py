@@ -6,7 +6,7 @@ KV cache, transformers (sdpa and eager) reads restarting position ids as packed
 sequences and builds a block-diagonal causal mask from them; flash-attention
 takes them as varlen sequence boundaries. No token attends across conversations,
 and the first token of each carries no label, so nothing is learned across a
-boundary either (``tests/test_sft.py`` checks packed losses equal each
+boundary either (``tests/corpus/test_chat.py`` checks packed losses equal each
 conversation's alone). The row's unused tail is padding (label -100) in a
 segment of its own.
 

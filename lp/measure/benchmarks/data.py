@@ -1,7 +1,7 @@
 """The offline suite's data: built on first use into the lp cache, never committed.
 
 Each ``*_dataset`` function is the ``custom_dataset`` of one of lp's task YAMLs
-(lp/eval/tasks/): lm-evaluation-harness calls it with the task manager's
+(lp/measure/benchmarks/tasks/): lm-evaluation-harness calls it with the task manager's
 metadata (the general corpus settings, ``eval_fraction``, ``cache_dir``, the
 code-execution limits) and gets a ``datasets.DatasetDict``.
 
@@ -170,7 +170,7 @@ def _general(task: str, meta: dict, build: Callable[[list[str]], list[dict]]):
     if not general or fraction is None:
         raise LpError(
             f"eval task {task!r} is built from lp's general corpus; run it through lp "
-            "(python -m lp.eval, or lp.eval.run_suite), which passes data.general and data.eval_fraction"
+            "(python -m lp.eval, or lp.measure.benchmarks.run_suite), which passes data.general and data.eval_fraction"
         )
     general = dict(general)
     key = {"task": task, "general": general, "eval_fraction": float(fraction), "items": ITEMS}

@@ -1,5 +1,5 @@
 """Held-out math problems for the offline benchmark: a seeded generator whose
-templates differ from the training generator's (lp/data/mathgen.py: bare
+templates differ from the training generator's (lp/corpus/mathgen.py: bare
 arithmetic, fraction sums, linear equations, boxes-and-gifts word problems).
 
 Here: multi-step word problems about travel, change, fences, ages, sharing and

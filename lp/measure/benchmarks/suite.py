@@ -3,7 +3,7 @@
 A suite (conf/eval/) names tasks by their lm-eval names, grouped as the paper
 groups them (``general``, ``math``, ``code``), each with its few-shot count and
 the metric that stands for it in the group's average. lp's own offline tasks
-are task YAMLs in lp/eval/tasks, found through ``TaskManager(include_path=...)``;
+are task YAMLs in lp/measure/benchmarks/tasks, found through ``TaskManager(include_path=...)``;
 the harness's built-in tasks (the paper suite) come from its own index.
 
 ``run_suite(model, tokenizer, suite)`` is the one entry point that
@@ -235,7 +235,7 @@ def load_tasks(suite: Suite) -> dict:
                     raise LpError(
                         f"eval task {spec.name!r} runs model-written code; set "
                         "eval.allow_code_execution=true to allow it (subprocesses with time and memory "
-                        "limits; see the README)"
+                        "limits; see docs/benchmarks.md)"
                     )
                 task.set_config(key="num_fewshot", value=spec.shots)
                 task.set_fewshot_seed(seed=suite.seed)
