@@ -1,5 +1,5 @@
-"""Data: sources (offline builtins, local files), the packed mixture, eval sets; chat
-sources and conversations for the instruction stage (``lp.corpus.chat.format*``)."""
+"""Data, one package for both formats: text (sources, packing, ``MixtureDataModule``, the
+base's own text) and chat (``lp.corpus.chat``: conversations for the instruction stage)."""
 
 from lp.corpus.chat.module import ChatDataModule
 from lp.corpus.sources import Source, build_source

@@ -26,10 +26,6 @@ from lp.core.errors import LpError
 from lp.expansion import ExpansionPlan, make_plan
 from lp.training.methods import Method, get_method
 
-# full_finetune: every block (the paper); block_expansion: only the blocks stage one added;
-# lora: adapters on every block, merged into the export
-METHODS = ("full_finetune", "block_expansion", "lora")
-
 
 @dataclass
 class SamplesConfig:
@@ -77,6 +73,9 @@ class InstructionTuning:
     """Stage two: instruction-tune a checkpoint as it is, on chat data."""
 
     name = "sft"
+    # full_finetune: every block (the paper); block_expansion: only the blocks stage one added;
+    # lora: adapters on every block, merged into the export
+    methods = ("full_finetune", "block_expansion", "lora")
 
     def method(
         self, name: str, recorded: ExpansionPlan | None, checkpoint: str | None, blocks: int
@@ -97,8 +96,9 @@ STAGES = {stage.name: stage for stage in (Pretrain(), InstructionTuning())}
 
 
 def sft_method(name: str, recorded: ExpansionPlan | None, checkpoint: str | None) -> Method:
-    if name not in METHODS:
-        raise LpError(f"method.name={name!r} is not allowed with stage=sft; allowed: {', '.join(METHODS)}")
+    allowed = InstructionTuning.methods
+    if name not in allowed:
+        raise LpError(f"method.name={name!r} is not allowed with stage=sft; allowed: {', '.join(allowed)}")
     if name == "block_expansion" and (recorded is None or not recorded.new_layers):
         raise LpError(
             f"method=block_expansion with stage=sft trains the new blocks recorded in {EXPANSION_FILE}, "
