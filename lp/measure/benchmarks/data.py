@@ -170,7 +170,8 @@ def _general(task: str, meta: dict, build: Callable[[list[str]], list[dict]]):
     if not general or fraction is None:
         raise LpError(
             f"eval task {task!r} is built from lp's general corpus; run it through lp "
-            "(python -m lp.eval, or lp.measure.benchmarks.run_suite), which passes data.general and data.eval_fraction"
+            "(python -m lp.eval, or lp.measure.benchmarks.run_suite), which passes data.general and "
+            "data.eval_fraction"
         )
     general = dict(general)
     key = {"task": task, "general": general, "eval_fraction": float(fraction), "items": ITEMS}
