@@ -33,7 +33,9 @@ def main(cfg: DictConfig) -> None:
 
     with exit_on_refusal():  # here, not only around main: Hydra would add a line of its own
         check(cfg, {"": RunSettings, "inspect": InspectSettings})
-        out = check_output(Path(str(cfg.inspect.json)), "file", "inspect.json") if cfg.inspect.json else None
+        out = None
+        if cfg.inspect.json:  # never over one of the files the mixture reads
+            out = check_output(Path(str(cfg.inspect.json)), "file", "inspect.json", _data_files(cfg.data))
         data = instantiate(cfg.data, tokenizer=None, _convert_="all")  # bad data fails before the base builds
         data.tokenizer = load_tokenizer(resolve_base(cfg.model, cfg.data))
         report = inspect_mixture(data, int(cfg.inspect.batches))
@@ -41,6 +43,18 @@ def main(cfg: DictConfig) -> None:
     if out is not None:
         with exit_on_refusal():  # a disk that filled meanwhile: one line
             write_atomic(out, json.dumps(report, indent=2))
+
+
+def _data_files(data) -> list[str]:
+    """The local files the data sources read (their ``files`` globs)."""
+    import glob
+    import os
+
+    patterns = [
+        s.get("files") for s in (data.get("sources") or {}).values() if s.get("files") not in (None, "???")
+    ]
+    patterns = [p for ps in patterns for p in ([ps] if isinstance(ps, str) else ps)]
+    return [f for p in patterns for f in glob.glob(os.path.expanduser(str(p)), recursive=True)]
 
 
 if __name__ == "__main__":

@@ -93,9 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = make_plan(
             layers, args.blocks, parse_position(args.position), args.source, args.init, names=FLAGS
         )
-        out = expand_checkpoint(
-            src, dst, plan, parse_size(args.shard_size), args.dtype, args.force, verify=not args.no_verify
-        )
+        size, verify = parse_size(args.shard_size), not args.no_verify
+        out = expand_checkpoint(src, dst, plan, size, args.dtype, args.force, verify, written_by_lp)
     except Exception as e:  # bad input or an unwritable place: one line
         return refused_status(e)
     new = list(plan.new_layers)

@@ -18,8 +18,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from lp.core.config import boolean, fixed_keys, integer, setting, validate
-from lp.core.errors import LpError
+from lp.core.config import boolean, fixed_keys, integer, nested_schema, setting, show_value, validate
+from lp.core.errors import EXPLAINERS, LpError
 from lp.corpus.chat.module import ChatDataConfig
 from lp.corpus.text import TextDataConfig
 from lp.expansion.plan import ExpansionConfig
@@ -60,6 +60,37 @@ RETIRED = {
 }
 
 
+def explain_wrong_type(cause) -> LpError | None:
+    """A value OmegaConf could not convert for a checked field, said as the field's check says
+    it (``data.seq_len=1.5 is not allowed; allowed: an integer >= 2``)."""
+    key, value = getattr(cause, "full_key", None), getattr(cause, "value", None)
+    if not key or "could not be converted" not in str(cause):
+        return None
+    group, _, rest = str(key).partition(".")
+    for schema in (GROUPS.get(group), *(DATA.values() if group == "data" else ())):
+        check = _field_check(schema, rest) if schema is not None else None
+        allowed = check(value) if check is not None else None
+        if allowed is not None:
+            return LpError(f"{key}={show_value(value)} is not allowed; allowed: {allowed}")
+    return None
+
+
+def _field_check(schema: type, path: str):
+    """The check of the field at ``path`` (dotted) inside a schema, if it has one."""
+    import dataclasses
+    import typing
+
+    head, _, rest = path.partition(".")
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        if f.name == head:
+            if rest:
+                nested = nested_schema(hints[head])
+                return _field_check(nested, rest) if nested is not None else None
+            return f.metadata.get("check")
+    return None
+
+
 def register() -> None:
     """Every schema as Hydra's ``schema/<group>`` config (``default``; data: ``text``, ``chat``)."""
     store = ConfigStore.instance()
@@ -70,6 +101,7 @@ def register() -> None:
 
 
 register()
+EXPLAINERS.append(explain_wrong_type)
 
 
 def resume_setting(v) -> str | None:

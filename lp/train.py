@@ -40,6 +40,7 @@ from lp.training.module import CausalLMModule
 from lp.training.stages import STAGES, stage_record
 from lp.training.strategy import gathered_state
 from lp.training.trainer import build_trainer
+from lp.training.trainer import callbacks as run_callbacks
 
 TRAIN = {"": RunSettings}  # the settings at the top of conf/train.yaml
 
@@ -63,13 +64,14 @@ def run(cfg: DictConfig, run_dir: Path, accepted=None) -> RunResult:
     plan_args = _plan_args(cfg) if inserts else None
     method = stage.method(cfg.method.name, recorded, source, plan_args["blocks"] if plan_args else 0)
     kl = _kl_reference(cfg, method, inserts)
+    callbacks = run_callbacks(cfg, run_dir, stage)  # their settings (benchmark tasks) checked here
     data = instantiate(cfg.data, tokenizer=None, _convert_="all")  # sources read before any model loads
     name = resolve_base(cfg.model, cfg.data)  # builds the tiny base once when no checkpoint is given
     checkpoints.check_base(name)
-    trainer = build_trainer(cfg, run_dir, stage, checkpoints)
+    trainer = build_trainer(cfg, callbacks, checkpoints)
     checkpoints.check_world_size(trainer)
     tokenizer = data.use_tokenizer(load_tokenizer(name), name)  # chat data: with a chat template
-    if accepted is not None:
+    if accepted is not None and trainer.is_global_zero:  # every rank runs this; one records it
         accepted()
     L.seed_everything(cfg.seed, workers=True)
     model = load_model(name, cfg.model.attn, cfg.model.dtype)
@@ -90,8 +92,9 @@ def _checked_source(cfg: DictConfig, run_dir: Path) -> str | None:
     source = None if cfg.model.get("gguf_file") else cfg.model.name_or_path
     if source:
         check_checkpoint(str(source), tokenizer=True)
-    if cfg.export:
-        check_output(run_dir / "export", "dir", "the export", replace=True, owned=written_by_lp)
+    if cfg.export:  # an SFT of this run's own export would replace its input
+        inputs = [source] if source else []
+        check_output(run_dir / "export", "dir", "the export", inputs, replace=True, owned=written_by_lp)
     return str(source) if source else None
 
 

@@ -7,6 +7,7 @@ blink and bad input is refused before anything heavy loads.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from lp.core.errors import LpError
@@ -15,10 +16,6 @@ from lp.expansion.arch import ARCHS
 from lp.expansion.plan import EXPANSION_FILE, ExpansionPlan
 
 WEIGHTS = ("*.safetensors", "pytorch_model*.bin")  # what transformers loads weights from
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
-                   "tokenizer.tiktoken")  # fmt: skip
 
 
 def check_checkpoint(name_or_path: str, label: str = "model.name_or_path", tokenizer: bool = False) -> None:
@@ -47,15 +44,44 @@ def check_checkpoint(name_or_path: str, label: str = "model.name_or_path", token
             "is the download or copy complete?"
         )
     check_weight_files(path, f"{label}={name_or_path}")
-    if tokenizer and not any((path / f).is_file() for f in TOKENIZER_FILES):
-        raise LpError(f"{label}={name_or_path} has weights but no tokenizer ({', '.join(TOKENIZER_FILES)}); "
-                      "copy the base's tokenizer files next to them")  # fmt: skip
+    if tokenizer:
+        _check_tokenizer(path, f"{label}={name_or_path}")
+
+
+def _check_tokenizer(path: Path, label: str) -> None:
+    """The tokenizer transformers would load from ``path``: loaded now, so a checkpoint
+    without one (weights copied alone) is refused before any work, whatever files its
+    kind of tokenizer needs."""
+    from transformers import AutoTokenizer
+
+    try:
+        AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # missing files, a damaged tokenizer.json: one line
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise LpError(f"{label} has weights but no tokenizer that loads ({reason})") from None
+
+
+# what an lp export or expansion of an earlier version (with no list of its files) holds
+EARLIER = re.compile(r".*\.(safetensors|json|jinja|model|tiktoken)|merges\.txt|vocab\.txt")
 
 
 def written_by_lp(path: Path) -> bool:
-    """Whether a directory is an lp export or expansion (it holds ``lp_expansion.json``):
-    the only non-empty directory lp replaces."""
-    return (Path(path) / EXPANSION_FILE).is_file()
+    """Whether a directory is one lp wrote whole (an export or an expansion): the only
+    non-empty directory lp replaces. It holds ``lp_expansion.json`` and nothing but the
+    files that lists (and an ``eval.json`` lp.eval put beside the model); one written
+    before the list existed holds only what a Hugging Face checkpoint holds."""
+    path = Path(path)
+    try:
+        record = json.loads((path / EXPANSION_FILE).read_text())
+        entries = {p.name: p.is_file() and not p.is_symlink() for p in path.iterdir()}
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or not all(entries.values()):
+        return False
+    listed = record.get("files")
+    if isinstance(listed, list):
+        return set(entries) <= {*listed, "eval.json"}
+    return all(EARLIER.fullmatch(name) for name in entries)
 
 
 def is_causal_lm(model_type: str | None) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lp.base.checkpoint_dirs import EXPANSION_FILE
+from lp.base.checkpoint_dirs import written_by_lp
 from lp.core.files import staged_dir
 from lp.expansion import ExpansionPlan
 
@@ -27,9 +27,9 @@ def export_checkpoint(
     only once this one is complete. ``state``: the full state dict a sharded
     strategy gathered (``lp.training.strategy.gathered_state``).
     """
-    with staged_dir(out, replace=True) as tmp:
+    with staged_dir(out, replace=True, owned=written_by_lp) as tmp:
         model, weights = module.export_weights(state)
         model.save_pretrained(tmp, state_dict=weights)
         tokenizer.save_pretrained(tmp)
-        (tmp / EXPANSION_FILE).write_text(plan.to_json(**{"base_model": base_model, **(record or {})}) + "\n")
+        plan.write(tmp, **{"base_model": base_model, **(record or {})})
     return Path(out)

@@ -118,7 +118,7 @@ def _show(v) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
 
-def _show_value(v) -> str:
+def show_value(v) -> str:
     return _show(v) if not isinstance(v, str) else repr(v)
 
 
@@ -128,7 +128,7 @@ def _show_value(v) -> str:
 def validate(cfg: Mapping, schemas: Mapping[str, type]) -> None:
     """Raise ``LpError`` for the first setting outside its allowed values; ``schemas``:
     config path (``""`` for the root) -> dataclass. A setting a config does not have (a
-    group without it, or an optional one left at null) is not checked."""
+    group, or a group's option, without it: absent or ``???``) is not checked; null is."""
     for prefix, schema in schemas.items():
         node = _select(cfg, prefix)
         if node is _ABSENT or node is None:
@@ -136,14 +136,14 @@ def validate(cfg: Mapping, schemas: Mapping[str, type]) -> None:
         for key, value, check in _checked(node, schema, prefix):
             allowed = check(value)
             if allowed is not None:
-                raise LpError(f"{key}={_show_value(value)} is not allowed; allowed: {allowed}")
+                raise LpError(f"{key}={show_value(value)} is not allowed; allowed: {allowed}")
 
 
 def _checked(node, schema: type, prefix: str) -> Iterator[tuple[str, Any, Check]]:
     hints = typing.get_type_hints(schema)
     for f in dataclasses.fields(schema):
         key = f"{prefix}.{f.name}" if prefix else f.name
-        nested = _dataclass(hints[f.name])
+        nested = nested_schema(hints[f.name])
         if nested is None and f.metadata.get("check") is None:
             continue  # nothing to check: not even resolved (its interpolation may need a run)
         value = _select(node, f.name)
@@ -151,7 +151,7 @@ def _checked(node, schema: type, prefix: str) -> Iterator[tuple[str, Any, Check]
             continue
         if nested is not None and value is not None:
             yield from _checked(value, nested, key)
-        elif f.metadata.get("check") is not None and not (value is None and f.default is None):
+        elif f.metadata.get("check") is not None:
             yield key, _plain(value), f.metadata["check"]
 
 
@@ -168,7 +168,7 @@ def _fixed(schema: type, prefix: str) -> list[str]:
     hints = typing.get_type_hints(schema)
     for f in dataclasses.fields(schema):
         key = f"{prefix}.{f.name}" if prefix else f.name
-        nested = _dataclass(hints[f.name])
+        nested = nested_schema(hints[f.name])
         if f.metadata.get("fixed"):
             out.append(key)
         elif nested is not None:
@@ -176,7 +176,7 @@ def _fixed(schema: type, prefix: str) -> list[str]:
     return out
 
 
-def _dataclass(annotation) -> type | None:
+def nested_schema(annotation) -> type | None:
     """The dataclass a field's type names (``Optional[X]`` included), if any."""
     if dataclasses.is_dataclass(annotation):
         return annotation

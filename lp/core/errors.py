@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from contextlib import contextmanager
@@ -50,7 +51,7 @@ def refusal(e: BaseException) -> LpError | None:
     found = unwrap(e)
     if found is not None:
         return found
-    if isinstance(e, OSError) and e.errno is not None:
+    if isinstance(e, OSError) and e.errno in PATH_ERRNOS:
         where = f"{e.filename}: " if e.filename else ""
         return LpError(f"{where}{e.strerror or os.strerror(e.errno)}")
     from omegaconf.errors import MissingMandatoryValue
@@ -60,9 +61,14 @@ def refusal(e: BaseException) -> LpError | None:
     # what Hydra could not compose; not InstantiationException, which wraps whatever a
     # constructor raised (an LpError inside it is found above, anything else is a bug).
     # Known by name: the core layer does not import Hydra (.importlinter)
-    typed = _wrong_type(e.__cause__)
-    if typed is not None and _is_hydra(e, "ConfigCompositionException"):
-        return typed
+    if _is_hydra(e, "ConfigCompositionException"):
+        for explain in EXPLAINERS:  # a layer above that knows more says it better (lp.schemas)
+            found = explain(e.__cause__)
+            if found is not None:
+                return found
+        typed = _wrong_type(e.__cause__)
+        if typed is not None:
+            return typed
     if _is_hydra(e, "ConfigCompositionException", "OverrideParseException"):
         lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
         text = lines[0].rstrip(".") if lines else type(e).__name__
@@ -73,6 +79,15 @@ def refusal(e: BaseException) -> LpError | None:
         return LpError(f"{text} ({hint[0].lower()}{hint[1:]})" if hint else text)
     return None
 
+
+# functions that turn a composition error's cause into lp's own line, or None; the schemas
+# register theirs (a value of the wrong type for a checked field: what the field allows)
+EXPLAINERS: list = []
+
+# OS errors of a path the user named or lp writes to (not e.g. a dropped connection: a bug
+# or an outage keeps its traceback)
+PATH_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+               errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG}  # fmt: skip
 
 # what OmegaConf says it could not convert a value to, as lp's messages say it
 TYPES = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "String": "a string"}

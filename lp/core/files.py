@@ -27,13 +27,14 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from lp.core.errors import LpError
+from lp.core.errors import LpError, first_line
 
 # errors of the place written to, not of lp: said in one line instead of a traceback
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
@@ -56,7 +57,7 @@ def atomic_file(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{_writer()}-", suffix=".tmp")
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; the result is an ordinary file
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -84,25 +85,26 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextmanager
-def staged_dir(dst: Path, replace: bool = False, keep_existing: bool = False) -> Iterator[Path]:
+def staged_dir(dst: Path, replace: bool = False, keep_existing: bool = False,
+               owned: Callable[[Path], bool] | None = None) -> Iterator[Path]:  # fmt: skip
     """Yield an empty temporary sibling of ``dst``; when the block ends without an
     exception, it becomes ``dst`` by rename, else it is removed.
 
-    An existing ``dst`` is an error unless ``replace`` (swapped out only once the
-    new one is complete; check it with ``check_output`` first) or ``keep_existing`` (a
-    cache filled by a concurrent builder: the first complete one wins and this one is
-    dropped)."""
+    An existing ``dst`` is an error unless ``replace`` (swapped out only once the new one
+    is complete, and only if it is empty or ``owned(dst)`` still holds then: check it with
+    ``check_output`` before the work too) or ``keep_existing`` (a cache filled by a
+    concurrent builder: the first complete one wins and this one is dropped)."""
     dst = Path(dst)
     tmp = None
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
         remove_stale(dst)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-{os.getpid()}-", dir=dst.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-{_writer()}-", dir=dst.parent))
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it private; the result is an ordinary directory
         yield tmp
         if dst.exists() and keep_existing:
             return
-        publish_dir(tmp, dst, replace)
+        publish_dir(tmp, dst, replace, owned)
     except BaseException as e:
         error = write_error(e, dst)
         if error is None:
@@ -122,18 +124,21 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def publish_dir(tmp: Path, dst: Path, replace: bool) -> None:
+def publish_dir(tmp: Path, dst: Path, replace: bool, owned: Callable[[Path], bool] | None = None) -> None:
     """Move a fully written ``tmp`` to ``dst`` by rename, so ``dst`` is never half
-    written; an existing ``dst`` is swapped out only once ``tmp`` is complete."""
-    if not dst.exists():
+    written; an existing ``dst`` is swapped out only once ``tmp`` is complete, and only
+    when it is empty or ``owned`` (asked again now: the run may have taken hours)."""
+    if not dst.exists() and not dst.is_symlink():
         tmp.rename(dst)
         return
     if not replace:
         raise LpError(f"{dst} exists; pass --force to replace it")
-    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    if dst.is_dir() and any(dst.iterdir()) and (owned is None or not owned(dst)):
+        raise LpError(f"{dst} now holds files lp did not write; it was not replaced (the new one is dropped)")
+    old = dst.with_name(f".{dst.name}.old-{_writer()}")
     dst.rename(old)
     tmp.rename(dst)
-    shutil.rmtree(old)
+    _remove(old)  # best effort: what is left is a stale temporary the next write removes
 
 
 # -- the cache of things built once ------------------------------------------------------
@@ -160,28 +165,55 @@ def cached_rows(cache_dir: str | None, name: str, key: dict, build: Callable[[],
 
 # -- what a killed attempt left behind ----------------------------------------------------
 
-_LEFT = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)(-.*)?")
+
+def _host() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _writer() -> str:
+    """Who writes a temporary, in its name: this machine (a hash of its name) and process,
+    so that only this machine's dead writers are reaped (a shared cache or run directory on
+    a cluster holds other machines' live ones, whose processes no local check can see)."""
+    return f"{_host()}.{os.getpid()}"
+
+
+_LEFT = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<host>[0-9a-f]{8})\.(?P<pid>\d+)(-.*)?")
 
 
 def remove_stale(target: Path, every: bool = False) -> None:
-    """Remove what killed writers left beside ``target``: temporaries whose process is
-    gone; a directory swapped out mid-replace is put back where ``target`` is missing
-    (it is the last complete version) and removed where a newer one is in place.
-    ``every``: whatever dead writers left in ``target``'s directory, for any name."""
+    """Remove what killed writers of this machine left beside ``target``: temporaries
+    whose process is gone; a directory swapped out mid-replace is put back where
+    ``target`` is missing (it is the last complete version) and removed where a newer one
+    is in place. ``every``: whatever they left in ``target``'s directory, for any name.
+    Best effort: what cannot be removed (another user's file) stays, and is no error."""
     parent = target.parent
     if not parent.is_dir():
         return
     for p in parent.iterdir():
         m = _LEFT.fullmatch(p.name)
-        if not m or (m["name"] != target.name and not every) or _alive(int(m["pid"])):
+        if not m or (m["name"] != target.name and not every) or m["host"] != _host():
             continue
-        target = parent / m["name"]
-        if m["kind"] == "old" and not target.exists():
-            p.rename(target)
-        elif p.is_dir() and not p.is_symlink():
+        if _alive(int(m["pid"])):
+            continue
+        mine = parent / m["name"]
+        try:
+            if m["kind"] == "old" and not mine.exists() and not mine.is_symlink():
+                p.rename(mine)
+            else:
+                _remove(p)
+        except OSError:
+            pass
+
+
+def _remove(p: Path) -> None:
+    """Remove a file, a symbolic link or a directory tree; best effort."""
+    try:
+        if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _alive(pid: int) -> bool:
@@ -212,11 +244,12 @@ def check_output(
     files into), in one line naming it as the user did (``what``: ``DST``, ``--out``) where:
 
     - it is, contains or lies inside one of ``inputs`` (writing would destroy an input);
-    - it exists as the other kind, or as a directory that may not be replaced (a
-      directory is replaced only with ``replace``, and only when it is empty or
-      ``owned(path)``: one lp wrote);
-    - its nearest existing ancestor is no directory, is not writable (a read-only file
-      system, permissions), or its file system has no space left.
+    - it exists as the other kind, or as a directory that may not be replaced (a directory
+      is replaced only with ``replace``, and then only when it is empty or ``owned(path)``:
+      one lp wrote);
+    - where it is written (the directory itself for ``"into"``, else the nearest existing
+      ancestor) is no directory, is not writable (a read-only file system, permissions), or
+      its file system has no space left.
 
     Returns the path, user-expanded and absolute."""
     path = Path(path).expanduser().absolute()
@@ -229,7 +262,10 @@ def check_output(
                           "Choose an output outside the input")  # fmt: skip
     if path.exists() or path.is_symlink():
         _check_existing(path, kind, what, replace, owned)
-    _check_location(path, what)
+    if kind == "into" and path.is_dir():
+        _check_writable(path, what, path)
+    else:
+        _check_writable(path, what, _nearest_existing(path.parent))
     return path
 
 
@@ -242,37 +278,32 @@ def _check_existing(path: Path, kind: str, what: str, replace: bool, owned) -> N
         raise LpError(f"{what} {path} exists and is not a directory; lp writes a directory there "
                       "and never replaces a file")  # fmt: skip
     if kind == "into":
-        if not os.access(path, os.W_OK | os.X_OK):
-            reason = "read-only file system" if _read_only(path) else "permission denied"
-            raise LpError(f"{what} {path}: cannot write in it ({reason})")
-        return
-    empty = not any(path.iterdir())
-    if empty:
         return
     if not replace:
-        raise LpError(
-            f"{what} {path} exists; pass --force to replace it (a directory lp wrote, or an empty one)"
-        )
-    if owned is None or not owned(path):
+        raise LpError(f"{path} exists; pass --force to replace it")
+    if any(path.iterdir()) and (owned is None or not owned(path)):
         raise LpError(f"{what} {path} holds files lp did not write; it replaces only a directory it wrote "
                       "or an empty one. Choose another output or move those files")  # fmt: skip
 
 
-def _check_location(path: Path, what: str) -> None:
-    parent = path.parent
-    while not parent.exists() and not parent.is_symlink():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise LpError(f"{what} {path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        reason = "read-only file system" if _read_only(parent) else "permission denied"
-        raise LpError(f"{what} {path}: cannot write in {parent} ({reason})")
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and not path.is_symlink():
+        path = path.parent
+    return path
+
+
+def _check_writable(path: Path, what: str, where: Path) -> None:
+    if not where.is_dir():
+        raise LpError(f"{what} {path}: {where} is not a directory")
+    if not os.access(where, os.W_OK | os.X_OK):
+        reason = "read-only file system" if _read_only(where) else "permission denied"
+        raise LpError(f"{what} {path}: cannot write in {where} ({reason})")
     try:
-        free = shutil.disk_usage(parent).free
+        free = shutil.disk_usage(where).free
     except OSError:
         free = None
     if free == 0:
-        raise LpError(f"{what} {path}: no space left on the file system of {parent}")
+        raise LpError(f"{what} {path}: no space left on the file system of {where}")
 
 
 def _read_only(path: Path) -> bool:
@@ -286,23 +317,37 @@ def _read_only(path: Path) -> bool:
 
 
 def write_error(e: BaseException, path: Path) -> LpError | None:
-    """``e`` as one line naming ``path`` and the OS's reason, when it is a failure of the
-    place written to (disk full, read-only, permissions); None otherwise (a bug). Libraries
-    that write in C (torch.save, safetensors) report a full disk without an errno: the
-    file system's free space tells."""
+    """``e`` as one line when it is a failure of the place written to (disk full, read-only,
+    permissions): naming ``path`` and the OS's reason; an OS error about another path (an
+    input read while writing) names that path. None for anything else (a bug keeps its
+    traceback). Libraries that write in C report a failed write without an errno
+    (torch.save: "file write failed"; safetensors: "StorageFull"): their text says so, and
+    the file system's free space tells whether it was full."""
     if isinstance(e, LpError):
         return None
     if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
-        where = e.filename if e.filename and str(e.filename) != str(path) else None
         reason = e.strerror or os.strerror(e.errno)
-        return LpError(f"cannot write {path}: {reason}" + (f" ({where})" if where else ""))
+        other = e.filename and not _under(Path(e.filename), Path(path).parent)
+        return LpError(f"{e.filename}: {reason}" if other else f"cannot write {path}: {reason}")
     text = str(e)
-    if isinstance(e, (RuntimeError, OSError)) or "Error" in type(e).__name__:
-        if "No space left" in text or "StorageFull" in text or _full(path):
-            return LpError(f"cannot write {path}: No space left on device")
-        if "Read-only file system" in text:
-            return LpError(f"cannot write {path}: Read-only file system")
+    if isinstance(e, (RuntimeError, OSError)) or type(e).__name__ == "SafetensorError":
+        if any(t in text for t in ("No space left", "StorageFull", "write failed", "Read-only file system")):
+            if "Read-only" in text:
+                reason = "Read-only file system"
+            elif "No space left" in text or "StorageFull" in text or _full(path):
+                reason = "No space left on device"
+            else:
+                reason = first_line(e)[:120]
+            return LpError(f"cannot write {path}: {reason}")
     return None
+
+
+def _under(p: Path, folder: Path) -> bool:
+    try:
+        p.absolute().relative_to(folder.absolute())
+        return True
+    except ValueError:
+        return False
 
 
 def _full(path: Path) -> bool:

@@ -23,9 +23,12 @@ from pathlib import Path
 
 from lp.core.errors import LpError, first_line
 
-# safetensors dtype codes: bytes per element
-SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-         "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}  # fmt: skip
+# safetensors dtype codes: bits per element (every dtype the format defines; the sub-byte
+# ones pack several elements per byte)
+BITS = {"F64": 64, "F32": 32, "F16": 16, "BF16": 16, "I64": 64, "I32": 32, "I16": 16, "I8": 8, "U8": 8,
+        "BOOL": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "U16": 16, "U32": 32, "U64": 64, "C64": 64,
+        "F6_E2M3": 6, "F6_E3M2": 6, "F4": 4}  # fmt: skip
+SIZES = {k: b // 8 for k, b in BITS.items() if b % 8 == 0}  # bytes per element, whole-byte dtypes
 MAX_HEADER = 100 << 20  # the safetensors format's own limit on the header (100 MB)
 
 
@@ -62,16 +65,17 @@ def read_header(path: Path) -> tuple[dict, int]:
 def _check_tensor(path: Path, name: str, t, data: int) -> None:
     if not isinstance(t, dict) or not {"dtype", "shape", "data_offsets"} <= set(t):
         raise LpError(f"{path}: tensor {name!r} lacks dtype, shape or data_offsets; the file is damaged")
-    if t["dtype"] not in SIZES:
+    if t["dtype"] not in BITS:
         raise LpError(f"{path}: tensor {name!r} has dtype {t['dtype']!r}, unknown; "
-                      f"known: {', '.join(SIZES)}")  # fmt: skip
+                      f"known: {', '.join(BITS)}")  # fmt: skip
     offsets, shape = t["data_offsets"], t["shape"]
     if not _ints(offsets, 2) or not _ints(shape, None):
         raise LpError(f"{path}: tensor {name!r} has a malformed shape or byte range; the file is damaged")
     begin, end = offsets
-    n = SIZES[t["dtype"]]
+    n = BITS[t["dtype"]]
     for d in shape:
         n *= d
+    n = -(-n // 8)  # bytes
     if not 0 <= begin <= end or end - begin != n:
         raise LpError(f"{path}: tensor {name!r} has byte range {begin}-{end} for {n} bytes of data; "
                       "the file is damaged")  # fmt: skip
@@ -111,9 +115,11 @@ def _check_index(f: Path, label: str) -> None:
 def _check_bin(f: Path) -> None:
     if f.stat().st_size == 0:
         raise LpError(f"{f} is empty (0 bytes); the download or copy is incomplete")
+    import zipfile
+
     import torch
 
-    try:
-        torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+    try:  # memory-mapped where the file is a zip archive (torch's format since 1.6), as transformers does
+        torch.load(f, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(f))
     except Exception as e:
         raise LpError(f"{f} cannot be read as PyTorch weights ({first_line(e)[:120]})") from None

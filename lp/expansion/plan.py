@@ -38,6 +38,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from lp.core.config import fixed
@@ -99,6 +100,13 @@ class ExpansionPlan:
     def to_json(self, **extra) -> str:
         return json.dumps({**extra, **self.to_dict()}, indent=2)
 
+    def write(self, directory: Path, **extra) -> None:
+        """``lp_expansion.json`` in a checkpoint directory lp has just written, last: the plan,
+        ``extra`` (base model, stages) and ``files``, every file lp wrote there, so that a
+        directory is replaced later only if it holds nothing else (``lp.base.checkpoint_dirs``)."""
+        files = sorted({p.name for p in Path(directory).iterdir()} | {EXPANSION_FILE})
+        (Path(directory) / EXPANSION_FILE).write_text(self.to_json(**extra, files=files) + "\n")
+
     @classmethod
     def from_dict(cls, d: dict) -> ExpansionPlan:
         pos = d["position"]
@@ -149,10 +157,12 @@ def _name(names: Mapping[str, str] | None, key: str) -> str:
     return (names or {}).get(key, f"expansion.{key}")
 
 
-def _setting(names: Mapping[str, str] | None, key: str, value) -> str:
-    """``expansion.blocks=-1`` as lp.train's setting, ``--blocks -1`` as a command-line flag."""
+def _setting(names: Mapping[str, str] | None, key: str, value, quoted: bool = True) -> str:
+    """``expansion.init='x'`` as lp.train's setting, ``--init x`` as a command-line flag."""
     name = _name(names, key)
-    return f"{name} {value}" if name.startswith("-") else f"{name}={value!r}"
+    if name.startswith("-"):
+        return f"{name} {value}"
+    return f"{name}={value!r}" if quoted else f"{name}={value}"
 
 
 def insertion_indices(base_layers: int, blocks: int, position: str | Sequence[int],
@@ -191,16 +201,13 @@ def _source_layer(i: int, indices: list[int], base_layers: int, source: str,
                   names: Mapping[str, str] | None = None) -> int:  # fmt: skip
     if source == "neighbour_below":
         if i == 0:
-            raise LpError(
-                f"{_setting(names, 'source', source)} has no layer below a block inserted at index 0"
-            )
+            shown = _setting(names, "source", source, quoted=False)
+            raise LpError(f"{shown} has no layer below a block inserted at index 0")
         return i - 1
     if source == "neighbour_above":
         if i == base_layers:
-            raise LpError(
-                f"{_setting(names, 'source', source)} has no layer above a block inserted at index "
-                f"{base_layers}"
-            )
+            shown = _setting(names, "source", source, quoted=False)
+            raise LpError(f"{shown} has no layer above a block inserted at index {base_layers}")
         return i
     cuts = sorted({0, base_layers, *indices})
     if i == 0:  # nothing below: the group directly above

@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 from lp.core.errors import LpError
 from lp.core.files import staged_dir
-from lp.core.weights import SIZES, check_weight_files, read_header
+from lp.core.weights import BITS, SIZES, check_weight_files, read_header
 from lp.expansion.arch import ArchFacts, check_init, depth_fields, init_value
 from lp.expansion.facts import arch_facts
 from lp.expansion.plan import EXPANSION_FILE, ExpansionPlan
@@ -198,7 +198,7 @@ def _write_tensor(f: BinaryIO, t: OutTensor, info: TensorInfo) -> None:
 
 def _constant_bytes(value: float, dtype: str) -> bytes:
     if value == 0:
-        return b"\0" * SIZES[dtype]  # zero is all-zero bytes in every dtype
+        return b"\0" * SIZES.get(dtype, 1)  # zero is all-zero bytes in every dtype (packed ones too)
     import torch
 
     one = torch.full((1,), value, dtype=getattr(torch, TORCH_DTYPES[dtype]))
@@ -206,10 +206,10 @@ def _constant_bytes(value: float, dtype: str) -> bytes:
 
 
 def _nbytes_of(dtype: str, shape: tuple[int, ...]) -> int:
-    n = SIZES[dtype]
+    n = BITS[dtype]
     for d in shape:
         n *= d
-    return n
+    return -(-n // 8)
 
 
 def _load(info: TensorInfo, name: str):
@@ -261,15 +261,17 @@ def expand_checkpoint(
     dtype: str | None = None,
     force: bool = False,
     verify: bool = True,
+    owned=None,
 ) -> Path:
     """Write the expanded checkpoint to ``dst`` (built beside it, renamed at the end);
-    with ``verify``, only once its logits are proved equal to the base's."""
+    with ``verify``, only once its logits are proved equal to the base's. ``force``: an
+    existing ``dst`` is replaced if it is empty or ``owned(dst)`` (asked at the swap)."""
     config = json.loads((src / "config.json").read_text())
     facts = arch_facts(config)
     check_init(plan, facts)
     tensors = source_tensors(src)
     out = output_tensors(tensors, plan, facts, dtype)
-    with staged_dir(dst, replace=force) as tmp:
+    with staged_dir(dst, replace=force, owned=owned) as tmp:
         groups = shards(out, tensors, shard_size)
         weight_map = {}
         for k, group in enumerate(groups, 1):
@@ -284,7 +286,7 @@ def expand_checkpoint(
         (tmp / "config.json").write_text(
             json.dumps(expanded_config(config, plan, facts, dtype), indent=2) + "\n"
         )
-        (tmp / EXPANSION_FILE).write_text(plan.to_json(base_model=str(src)) + "\n")
+        plan.write(tmp, base_model=str(src))
         if verify:
             from lp.expansion.verify import verify_expansion  # torch: only when checking
 

@@ -336,10 +336,12 @@ def read_saved(path: Path) -> dict:
 
 
 def check_resume(saved: Mapping, settings: Mapping[str, Any], path: Path) -> None:
-    """Refuse, naming the first, a fixed setting that differs from the checkpoint's."""
+    """Refuse, naming the first, a fixed setting that differs from the checkpoint's. A
+    setting one side lacks counts as null there: a checkpoint of an lp that had fewer
+    settings resumes where the new ones are left unset."""
     old = saved["settings"]
     for key in sorted(set(old) | set(settings)):
-        if old.get(key, _MISSING) != settings.get(key, _MISSING):
+        if old.get(key) != settings.get(key):
             raise LpError(
                 f"{key}={_show(settings.get(key, _MISSING))} differs from {_show(old.get(key, _MISSING))} in "
                 f"{path}; it cannot change across a resume (a new hydra.run.dir starts afresh)"

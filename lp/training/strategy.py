@@ -49,12 +49,13 @@ class StrategyConfig:
     (each file of ``conf/strategy/`` sets its own; the others stay null)."""
 
     name: str = setting(choice(*STRATEGIES))
-    find_unused_parameters: Any = setting(boolean, default=None)
-    sharding_strategy: str | None = setting(choice(*SHARDING), default=None)
-    cpu_offload: Any = setting(boolean, default=None)
-    stage: int | None = setting(choice(2, 3), default=None)
-    offload_optimizer: Any = setting(boolean, default=None)
-    offload_parameters: Any = setting(boolean, default=None)
+    # each strategy's own options: absent (not null) for the others
+    find_unused_parameters: Any = setting(boolean)
+    sharding_strategy: str = setting(choice(*SHARDING))
+    cpu_offload: Any = setting(boolean)
+    stage: int = setting(choice(2, 3))
+    offload_optimizer: Any = setting(boolean)
+    offload_parameters: Any = setting(boolean)
 
 
 def check(cfg) -> None:

@@ -132,14 +132,14 @@ def callbacks(cfg, run_dir: Path, stage) -> list:
     return out
 
 
-def build_trainer(cfg, run_dir: Path, stage, checkpoints: Checkpoints):
-    """Lightning's Trainer with lp's strategy, precision, logger, callbacks and checkpoints."""
+def build_trainer(cfg, callbacks: list, checkpoints: Checkpoints):
+    """Lightning's Trainer with lp's strategy, precision, logger, ``callbacks`` and checkpoints."""
     return instantiate(
         cfg.trainer,
         strategy=build_strategy(cfg.strategy, cfg.speed.activation_checkpointing),
         precision=precision(cfg.trainer.precision),
         logger=logger(cfg.logger, checkpoints.step),
-        callbacks=[*callbacks(cfg, run_dir, stage), *checkpoints.callbacks()],
+        callbacks=[*callbacks, *checkpoints.callbacks()],
         enable_checkpointing=bool(cfg.callbacks.checkpoint.enabled),
         plugins=checkpoints.plugins(),
     )

@@ -205,7 +205,7 @@ def expand_src(tmp):
 
 
 EXPAND = [
-    (lambda t: [expand_src(t), "--blocks", "-1"], "expansion.blocks=-1"),
+    (lambda t: [expand_src(t), "--blocks", "-1"], "--blocks -1"),  # the flag as typed (issue 21)
     (lambda t: [expand_src(t), "--blocks", "2", "--shard-size", "5XB"], "--shard-size '5XB'"),
     (lambda t: [expand_src(t), "--blocks", "2", "--position", "1,x"], "--position '1,x'"),
     (lambda t: [t / "missing", "--blocks", "1"], "missing does not exist"),

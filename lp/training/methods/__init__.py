@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lp.core.config import choice, fixed, integer, number, setting
+from lp.core.config import choice, integer, number, setting, strings
 from lp.core.errors import LpError
 from lp.expansion import decoder_layers
 from lp.training.methods import moe
@@ -39,10 +39,11 @@ class MethodConfig:
     methods have none); a resumed run keeps all of it."""
 
     name: str = setting(lambda v: choice(*METHODS)(v), fixed=True)
-    r: int | None = setting(integer(1), fixed=True, default=None)
-    alpha: float | None = setting(number(0, open_lo=True), fixed=True, default=None)
-    dropout: float | None = setting(number(0, 1, open_hi=True), fixed=True, default=None)
-    target_modules: list[str] | None = fixed(None)
+    # LoRA's own: absent (not null) for the other methods, so they are neither checked nor kept
+    r: int = setting(integer(1), fixed=True)
+    alpha: float = setting(number(0, open_lo=True), fixed=True)
+    dropout: float = setting(number(0, 1, open_hi=True), fixed=True)
+    target_modules: list[str] = setting(strings, fixed=True)
 
 
 @dataclass(frozen=True)
