@@ -50,10 +50,11 @@ def _data_files(data) -> list[str]:
     import glob
     import os
 
-    patterns = [
-        s.get("files") for s in (data.get("sources") or {}).values() if s.get("files") not in (None, "???")
-    ]
-    patterns = [p for ps in patterns for p in ([ps] if isinstance(ps, str) else ps)]
+    from omegaconf import OmegaConf
+
+    sources = OmegaConf.to_container(data.sources, resolve=False) if "sources" in data else {}
+    given = [s.get("files") for s in sources.values() if isinstance(s, dict)]
+    patterns = [p for ps in given if ps not in (None, "???") for p in ([ps] if isinstance(ps, str) else ps)]
     return [f for p in patterns for f in glob.glob(os.path.expanduser(str(p)), recursive=True)]
 
 
