@@ -223,10 +223,16 @@ def test_lp_expand_force_replaces_only_what_lp_wrote(make, message, tmp_path, ca
 def test_lp_expand_force_replaces_an_expansion_or_an_empty_directory(tmp_path, capsys):
     src, dst = base_dir(tmp_path), tmp_path / "dst"
     dst.mkdir()
-    assert expand(capsys, src, dst, "--blocks", "1", "--no-verify")[0] == 0  # empty: fine without --force
+    check_one_line(*expand(capsys, src, dst, "--blocks", "1", "--no-verify"), "exists; pass --force")
+    assert expand(capsys, src, dst, "--blocks", "1", "--no-verify", "--force")[0] == 0  # empty
     assert expand(capsys, src, dst, "--blocks", "2", "--no-verify", "--force")[0] == 0  # lp's own
     assert json.loads((dst / "lp_expansion.json").read_text())["new_layers"] == [2, 5]
     assert not no_temporaries(tmp_path)
+    (dst / "notes.txt").write_text("mine")  # a file of the user's inside lp's directory: it stays
+    before = tree(tmp_path)
+    code, err = expand(capsys, src, dst, "--blocks", "1", "--no-verify", "--force")
+    check_one_line(code, err, "holds files lp did not write")
+    assert tree(tmp_path) == before
 
 
 @LIMIT
@@ -293,21 +299,24 @@ def test_lp_expand_killed_while_writing_leaves_no_output_and_the_next_run_cleans
 
 
 def test_a_stale_temporary_of_a_dead_writer_goes_and_a_live_one_stays(tmp_path):
-    from lp.core.files import remove_stale, write_atomic
+    from lp.core.files import _host, remove_stale, write_atomic
 
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
-    pid = int(dead.stdout)
-    (tmp_path / f".report.md.tmp-{pid}-ab12.tmp").write_text("half")
-    (tmp_path / f".report.md.tmp-{os.getppid()}-cd34.tmp").write_text("a live writer's")
-    (tmp_path / f".export.old-{pid}").mkdir()
-    (tmp_path / f".export.old-{pid}/model.safetensors").write_text("the last complete export")
+    pid, host = int(dead.stdout), _host()
+    (tmp_path / f".report.md.tmp-{host}.{pid}-ab12.tmp").write_text("half")
+    live = [
+        f".report.md.tmp-{host}.{os.getppid()}-cd34.tmp",  # a live writer here
+        f".report.md.tmp-{'0' * 8}.{pid}-ef56.tmp",
+    ]  # one on another machine: no local check sees it
+    for name in live:
+        (tmp_path / name).write_text("a live writer's")
+    (tmp_path / f".export.old-{host}.{pid}").mkdir()
+    (tmp_path / f".export.old-{host}.{pid}/model.safetensors").write_text("the last complete export")
     write_atomic(tmp_path / "report.md", "new")
     remove_stale(tmp_path / "export")  # the export went missing mid-swap: its last version comes back
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["report.md", f".report.md.tmp-{os.getppid()}-cd34.tmp", "export"]
-    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["report.md", *live, "export"])
     assert (tmp_path / "export/model.safetensors").read_text() == "the last complete export"
 
 
@@ -451,7 +460,9 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_no_partial_file(
 
 @LIMIT
 def test_the_next_run_removes_what_a_killed_export_left(checkpointed, lp_cache, monkeypatch, capsys):
-    stale = checkpointed / ".export.tmp-99999999-x1"  # no such process
+    from lp.core.files import _host
+
+    stale = checkpointed / f".export.tmp-{_host()}.99999999-x1"  # no such process
     stale.mkdir()
     (stale / "model.safetensors").write_text("half an export")
     code, err = train(
