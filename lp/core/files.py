@@ -325,10 +325,17 @@ def write_error(e: BaseException, path: Path) -> LpError | None:
     the file system's free space tells whether it was full."""
     if isinstance(e, LpError):
         return None
+    cause = e.__cause__ or e.__context__  # torch.save's writer fails again while closing, hiding the OSError
+    if not (isinstance(e, OSError) and e.errno in WRITE_ERRNOS) and isinstance(cause, OSError):
+        return write_error(cause, path) or _library_write_error(e, path)
     if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
         reason = e.strerror or os.strerror(e.errno)
         other = e.filename and not _under(Path(e.filename), Path(path).parent)
         return LpError(f"{e.filename}: {reason}" if other else f"cannot write {path}: {reason}")
+    return _library_write_error(e, path)
+
+
+def _library_write_error(e: BaseException, path: Path) -> LpError | None:
     text = str(e)
     if isinstance(e, (RuntimeError, OSError)) or type(e).__name__ == "SafetensorError":
         if any(t in text for t in ("No space left", "StorageFull", "write failed", "Read-only file system")):

@@ -9,15 +9,19 @@ from lp.base.checkpoint_dirs import check_checkpoint, read_expansion, written_by
 from lp.core.errors import LpError
 from lp.expansion import make_plan
 from tests.conftest import tiny_llama
+from tests.corpus.test_text import tokenizer  # noqa: F401  (the shared BPE fixture)
 
 
-def test_a_real_checkpoint_passes_and_its_damage_is_named(tmp_path):
+def test_a_real_checkpoint_passes_and_its_damage_is_named(tokenizer, tmp_path):  # noqa: F811
     d = tmp_path / "ckpt"
     tiny_llama(2).save_pretrained(d)
     check_checkpoint(str(d))
     with pytest.raises(LpError, match="has weights but no tokenizer"):
         check_checkpoint(str(d), tokenizer=True)
-    (d / "tokenizer.json").write_text("{}")
+    (d / "tokenizer.json").write_text("{}")  # there, but no tokenizer transformers can load
+    with pytest.raises(LpError, match="has weights but no tokenizer that loads"):
+        check_checkpoint(str(d), tokenizer=True)
+    tokenizer.save_pretrained(d)
     check_checkpoint(str(d), tokenizer=True)
     (d / "model.safetensors").write_bytes(b"")
     with pytest.raises(LpError, match="model.safetensors is empty"):

@@ -557,6 +557,7 @@ def a_sweep(tmp: Path) -> Path:
         for step, (code, general) in enumerate([(2.0, 3.0), (1.5, 3.1)]):
             w.add_scalar("val/code/loss", code, step * 5)
             w.add_scalar("val/general/loss", general, step * 5)
+            w.add_scalar("forgetting/general", general - 3.0, step * 5)
     (run / ".hydra").mkdir()
     (run / ".hydra/config.yaml").write_text("seed: 0\n")
     return tmp / "sweep"

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from lp.report import main as report_main
-from tests.conftest import ROOT, run_lp
+from tests.conftest import ROOT, run_lp, tiny_llama
+from tests.corpus.test_text import tokenizer  # noqa: F401  (the shared BPE fixture)
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf/experiment").glob("*.yaml"))
 RUNS = {"ablation_blocks": 5, "ablation_position": 3, "ablation_init": 3, "ablation_source": 2,
@@ -122,11 +123,12 @@ def test_a_failed_run_fails_the_sweep_and_the_report_lists_it(lp_cache, tmp_path
     assert "1 runs" in md and f"- 1_expansion.blocks=-1: failed: {marker['reason']}" in md
 
 
-def test_a_crashed_run_leaves_a_marker_and_its_traceback(lp_cache, tmp_path):
-    ckpt = tmp_path / "ckpt"  # well-formed on the outside, garbage weights: a load that crashes
-    ckpt.mkdir()
-    (ckpt / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2}))
-    (ckpt / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+def test_a_crashed_run_leaves_a_marker_and_its_traceback(lp_cache, tokenizer, tmp_path):  # noqa: F811
+    ckpt = tmp_path / "ckpt"  # sound files whose shapes disagree with the config: a load that crashes
+    tiny_llama(2).save_pretrained(ckpt)
+    tokenizer.save_pretrained(ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "hidden_size": 64}))
     res = run_lp(
         ["lp.train", "model=hf", f"model.name_or_path={ckpt}", "debug=smoke",
          f"hydra.run.dir={tmp_path}/run"], lp_cache, ROOT,

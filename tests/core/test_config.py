@@ -34,7 +34,7 @@ def test_a_typo_and_a_wrong_type_are_refused_while_composing():
     assert "data.seq_lenn" in str(refusal(e.value))
     with pytest.raises(Exception) as e:
         composed("optim.lr=fast")
-    assert str(refusal(e.value)) == "optim.lr=fast is not a number, which this setting takes"
+    assert str(refusal(e.value)) == "optim.lr='fast' is not allowed; allowed: a number > 0"
 
 
 def test_a_value_outside_its_field_s_check_is_refused():

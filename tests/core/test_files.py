@@ -49,7 +49,10 @@ def test_staged_dir_publishes_only_complete_directories(tmp_path):
     with staged_dir(dst, keep_existing=True) as tmp:  # a cache another builder filled first
         (tmp / "model.safetensors").write_text("v2")
     assert (dst / "model.safetensors").read_text() == "v1"
-    with staged_dir(dst, replace=True) as tmp:
+    with pytest.raises(LpError, match="lp did not write"), staged_dir(dst, replace=True) as tmp:
+        (tmp / "model.safetensors").write_text("v3")  # not empty, and nothing says it is lp's
+    assert (dst / "model.safetensors").read_text() == "v1"
+    with staged_dir(dst, replace=True, owned=lambda d: True) as tmp:
         (tmp / "model.safetensors").write_text("v3")
     assert (dst / "model.safetensors").read_text() == "v3" and sorted(p.name for p in tmp_path.iterdir()) == [
         "export"

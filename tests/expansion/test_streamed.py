@@ -135,14 +135,18 @@ def test_existing_destination_needs_force_and_interruption_leaves_nothing(tmp_pa
         expand(src, tmp_path / "new", "--blocks", "1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]  # no DST, no temp dir
     monkeypatch.undo()
+    assert expand(src, dst, "--blocks", "1", "--force") == 2  # --force never replaces what lp did not write
+    assert "holds files lp did not write" in capsys.readouterr().err and (dst / "keep.txt").read_text() == "mine"
+    (dst / "keep.txt").unlink()  # empty now: --force may fill it, and then replace its own expansion
     assert expand(src, dst, "--blocks", "1", "--force") == 0
-    assert not (dst / "keep.txt").exists() and (dst / "lp_expansion.json").is_file()
+    assert expand(src, dst, "--blocks", "2", "--force") == 0
+    assert len(json.loads((dst / "lp_expansion.json").read_text())["new_layers"]) == 2
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--blocks", "-1"], "expansion.blocks=-1"),
+        (["--blocks", "-1"], "--blocks -1 is too small"),
         (["--blocks", "2", "--position", "middle"], "--position 'middle' is unknown"),
         (["--blocks", "2", "--position", "0,9"], "out of range"),
         (["--blocks", "2", "--shard-size", "lots"], "is not a size"),
