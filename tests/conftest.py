@@ -80,5 +80,5 @@ def check_one_line(code: int, err: str, message: str) -> None:
     assert code == 2, err[-2000:]
     assert "Traceback" not in err
     progress = ("it/s]", "s/it]")  # tqdm bars of loads and saves before the refusal are not messages
-    lines = [line for line in err.strip().splitlines() if line.strip() and not any(p in line for p in progress)]
+    lines = [ln for ln in err.strip().splitlines() if ln.strip() and not any(p in ln for p in progress)]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err[-2000:]

@@ -136,7 +136,8 @@ def test_existing_destination_needs_force_and_interruption_leaves_nothing(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]  # no DST, no temp dir
     monkeypatch.undo()
     assert expand(src, dst, "--blocks", "1", "--force") == 2  # --force never replaces what lp did not write
-    assert "holds files lp did not write" in capsys.readouterr().err and (dst / "keep.txt").read_text() == "mine"
+    assert "holds files lp did not write" in capsys.readouterr().err
+    assert (dst / "keep.txt").read_text() == "mine"
     (dst / "keep.txt").unlink()  # empty now: --force may fill it, and then replace its own expansion
     assert expand(src, dst, "--blocks", "1", "--force") == 0
     assert expand(src, dst, "--blocks", "2", "--force") == 0
