@@ -7,8 +7,9 @@
 2. block expansion against each other configuration, paired by seed, at matched tokens;
 3. at matched gain: each run's forgetting where its gain first reaches block expansion's
    final gain on the same seed (linear between evaluations), paired by seed;
-4. the layout runs (4 and 16 blocks, top, bottom) at the budget they share with the
-   8-block runs.
+4. along the curves: both runs cut at the same gain levels, paired by seed.
+The layout runs (4 and 16 blocks, top, bottom; 50 steps) appear in 1 and 2 at the middle
+budget, 51,200 tokens, which they share with the 8-block runs.
 
 Gain: mean drop of the code and math losses from step 0. Forgetting: rise of the general
 (Gutenberg) loss, rise of the loss on the base's own text, KL(base || model) per token.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -37,6 +37,7 @@ def short(configuration: str) -> str:
         name += "" if pos == "interleave" else f" {pos}"
     elif method == "full_finetune":
         name = f"full FT lr {float(d.get('optim.lr', '0.0002')):g}"
+        name += " early" if "trainer.val_check_interval" in d else ""  # part 5: every 3 steps to step 30
     elif method == "lora":
         name = f"LoRA r={d.get('method.r', '?')}"
     else:
@@ -50,7 +51,8 @@ def load(report: Path) -> dict[str, dict[int, dict[int, dict]]]:
     with open(report / "curves.csv") as f:
         for r in csv.DictReader(f):
             row = {m: float(r[m]) if r[m] not in ("", "nan") else math.nan for m in MEASURES}
-            out.setdefault(short(r["configuration"]), {}).setdefault(int(r["seed"]), {})[int(float(r["tokens"]))] = row
+            runs = out.setdefault(short(r["configuration"]), {})
+            runs.setdefault(int(r["seed"]), {})[int(float(r["tokens"]))] = row
     return out
 
 
@@ -105,10 +107,15 @@ def at_gain(curve: dict[int, dict], target: float) -> dict | None:
     return None
 
 
+def difference_header(first: str, reference: str) -> list[str]:
+    """A table whose three first columns are ``first`` and whose others are the forgetting
+    measures, each as a difference against ``reference``."""
+    cells = " | ".join(f"{NAMES[m]}: it minus {reference}" for m in MEASURES[1:])
+    return [f"| {first} | {cells} |", "|---|---|---|" + "---|" * (len(MEASURES) - 1)]
+
+
 def matched_gain(data, reference: str) -> list[str]:
-    lines = [f"| configuration | seeds | at the gain {reference} reaches | " +
-             " | ".join(f"{NAMES[m]}: it minus {reference}" for m in MEASURES[1:]) + " |",
-             "|---|---|---|" + "---|" * (len(MEASURES) - 1)]  # fmt: skip
+    lines = difference_header(f"configuration | seeds | at the gain {reference} reaches", reference)
     ref = data[reference]
     for name, seeds in data.items():
         if name == reference:
@@ -133,18 +140,38 @@ def matched_gain(data, reference: str) -> list[str]:
     return lines
 
 
+def along_pareto(data, reference: str, levels=(0.3, 0.5, 0.7, 0.9)) -> list[str]:
+    """Both curves cut at the same gain: each run's forgetting where its gain first reaches
+    ``level``, minus the reference run's on the same seed (both interpolated)."""
+    lines = difference_header("configuration | gain | seeds", reference)
+    ref = data[reference]
+    for name, seeds in data.items():
+        if name == reference:
+            continue
+        for level in levels:
+            hits = [(at_gain(c, level), at_gain(ref[s], level)) for s, c in seeds.items() if s in ref]
+            hits = [(a, b) for a, b in hits if a is not None and b is not None]
+            if hits:
+                cells = [spread([a[m] - b[m] for a, b in hits]) for m in MEASURES[1:]]
+                lines.append(f"| {name} | {level:.1f} | {len(hits)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(report: Path) -> None:
     data = load(report)
-    tokens = sorted({t for seeds in data.values() for s in seeds.values() for t in s})
-    budgets = [t for t in tokens if t > 0]
-    marks = [budgets[0], budgets[len(budgets) // 2 - 1], budgets[-1]] if len(budgets) > 2 else budgets
     reference = next(n for n in data if n == "block expansion 8")
+    budgets = sorted({t for s in data[reference].values() for t in s if t > 0})  # the core runs' evaluations
+    marks = [budgets[0], budgets[len(budgets) // 2 - 1], budgets[-1]] if len(budgets) > 2 else budgets
     out = ["# Forgetting study: tables", "", "## 1. At matched training tokens (mean ± std over seeds)", "",
            *at_tokens(data, marks), "", f"## 2. Paired by seed: each configuration minus {reference}", "",
-           *paired(data, reference, marks), "", f"## 3. At matched gain, paired by seed", "",
+           *paired(data, reference, marks), "", "## 3. At matched gain, paired by seed", "",
            "Each run's forgetting where its gain first reaches the final gain of block expansion 8 on "
            "the same seed (interpolated between evaluations), minus block expansion 8's final "
-           "forgetting. Negative: forgets less at the same gain.", "", *matched_gain(data, reference)]  # fmt: skip
+           "forgetting. Negative: forgets less at the same gain.", "", *matched_gain(data, reference), "",
+           "## 4. Along the gain-forgetting curves, paired by seed", "",
+           "Both runs cut where their gain first reaches the level (interpolated between "
+           "evaluations; a run that never reaches it is left out). Negative: forgets less than "
+           f"{reference} at the same gain.", "", *along_pareto(data, reference)]  # fmt: skip
     print("\n".join(out))
 
 
