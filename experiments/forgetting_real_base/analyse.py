@@ -65,6 +65,11 @@ def spread(values: list[float]) -> str:
     return f"{statistics.fmean(v):+.3f} ± {statistics.stdev(v):.3f}"
 
 
+def signed(d: list[float]) -> str:
+    """Paired differences: their spread and how many seeds lie above 0."""
+    return spread(d) + (f" ({sum(x > 0 for x in d)}/{len(d)} > 0)" if len(d) > 1 else "")
+
+
 def at_tokens(data, budgets) -> list[str]:
     lines = ["| configuration | seeds | tokens | " + " | ".join(NAMES[m] for m in MEASURES) + " |",
              "|---|---|---|" + "---|" * len(MEASURES)]  # fmt: skip
@@ -88,11 +93,7 @@ def paired(data, reference: str, budgets) -> list[str]:
             common = [s for s in seeds if s in ref and t in seeds[s] and t in ref[s]]
             if not common:
                 continue
-            cells = []
-            for m in MEASURES:
-                d = [seeds[s][t][m] - ref[s][t][m] for s in common]
-                signs = f" ({sum(x > 0 for x in d)}/{len(d)} > 0)" if len(d) > 1 else ""
-                cells.append(spread(d) + signs)
+            cells = [signed([seeds[s][t][m] - ref[s][t][m] for s in common]) for m in MEASURES]
             lines.append(f"| {name} | {t:,} | {len(common)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -152,7 +153,7 @@ def along_pareto(data, reference: str, levels=(0.3, 0.5, 0.7, 0.9)) -> list[str]
             hits = [(at_gain(c, level), at_gain(ref[s], level)) for s, c in seeds.items() if s in ref]
             hits = [(a, b) for a, b in hits if a is not None and b is not None]
             if hits:
-                cells = [spread([a[m] - b[m] for a, b in hits]) for m in MEASURES[1:]]
+                cells = [signed([a[m] - b[m] for a, b in hits]) for m in MEASURES[1:]]
                 lines.append(f"| {name} | {level:.1f} | {len(hits)} | " + " | ".join(cells) + " |")
     return lines
 
