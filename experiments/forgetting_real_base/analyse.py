@@ -145,6 +145,8 @@ def along_pareto(data, reference: str, levels=(0.3, 0.5, 0.7, 0.9)) -> list[str]
     """Both curves cut at the same gain: each run's forgetting where its gain first reaches
     ``level``, minus the reference run's on the same seed (both interpolated)."""
     lines = difference_header("configuration | gain | seeds", reference)
+    lines[0] += f" {reference} there: self, KL |"  # the size the differences are read against
+    lines[1] += "---|"
     ref = data[reference]
     for name, seeds in data.items():
         if name == reference:
@@ -154,6 +156,8 @@ def along_pareto(data, reference: str, levels=(0.3, 0.5, 0.7, 0.9)) -> list[str]
             hits = [(a, b) for a, b in hits if a is not None and b is not None]
             if hits:
                 cells = [signed([a[m] - b[m] for a, b in hits]) for m in MEASURES[1:]]
+                own = [statistics.fmean(b[m] for _, b in hits) for m in ("forgetting self", "kl")]
+                cells.append(f"{own[0]:.3f}, {own[1]:.3f}")
                 lines.append(f"| {name} | {level:.1f} | {len(hits)} | " + " | ".join(cells) + " |")
     return lines
 
