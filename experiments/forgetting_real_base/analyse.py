@@ -37,7 +37,6 @@ def short(configuration: str) -> str:
         name += "" if pos == "interleave" else f" {pos}"
     elif method == "full_finetune":
         name = f"full FT lr {float(d.get('optim.lr', '0.0002')):g}"
-        name += " early" if "trainer.val_check_interval" in d else ""  # part 5: every 3 steps to step 30
     elif method == "lora":
         name = f"LoRA r={d.get('method.r', '?')}"
     else:

@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
-# The forgetting study (issue 22), run alone on the 2-core CPU, in five sweeps under one folder:
+# The forgetting study (issue 22), run alone on the 2-core CPU, in four sweeps under one folder:
 #   experiments/forgetting_real_base/run.sh [OUT [PART ...]]   (OUT default /work/runs/22/study;
-#   PART: 1_core 2_controls 3_lr 4_layout 5_early report; default all, in that order)
+#   PART: 1_core 2_controls 3_lr 4_layout report; default all, in that order)
 # 1 core: block expansion (8 blocks) and full fine-tuning (lr 2e-4), seeds 0-2
 # 2 controls: LoRA with block expansion's trainable count, the in-place control, seed 0
 # 3 lr: full fine-tuning at lr 2e-5 (LR_SEEDS, default 0,1,2)
 # 4 layout claims: 4 and 16 interleaved blocks, top and bottom stacking, seed 0, half budget
-# 5 early: full FT lr 2e-4, its first 30 steps evaluated every 3, for the matched-gain comparison
-#   (EARLY_SEEDS, default 0,1,2)
 # then the report. Every sweep's load average and wall time go to OUT/times.log.
 set -euo pipefail
 OUT=${1:-/work/runs/22/study}
@@ -23,14 +21,13 @@ sweep() {  # sweep NAME OVERRIDES...
 }
 shift || true
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(1_core 2_controls 3_lr 4_layout 5_early report)
+[ ${#parts[@]} -gt 0 ] || parts=(1_core 2_controls 3_lr 4_layout report)
 for part in "${parts[@]}"; do
   case $part in
     1_core) sweep 1_core 'seed=0,1,2' '+variant=add_8,full_finetune' ;;
     2_controls) sweep 2_controls 'seed=0' '+variant=lora_matched,in_place_8' ;;
     3_lr) sweep 3_lr "seed=${LR_SEEDS:-0,1,2}" '+variant=full_finetune_lr2e-5' ;;  # LR_SEEDS=0: one seed
     4_layout) sweep 4_layout 'seed=0' '+variant=add_4,add_16,suffix_8,prefix_8' trainer.max_steps=50 ;;
-    5_early) sweep 5_early "seed=${EARLY_SEEDS:-0,1,2}" '+variant=full_finetune' trainer.max_steps=30 trainer.val_check_interval=3 ;;
     report) "$PY" -m lp.report "$OUT" --out "$OUT/report" ;;
     *) echo "unknown part $part" >&2 && exit 2 ;;
   esac
