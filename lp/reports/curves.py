@@ -142,7 +142,7 @@ def _figure(table: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lp.reports.tables import save_figure
+    from lp.reports.tables import legend_below, save_figure
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for name in dict.fromkeys(r["configuration"] for r in table):
@@ -151,19 +151,19 @@ def _figure(table: list[dict], path: Path) -> None:
         mean = {k: [r[f"{k} mean"] for r in rows] for k in ("gain", "forgetting")}
         std = {k: [_zero(r[f"{k} std"]) for r in rows] for k in ("gain", "forgetting")}
         for ax, key in zip(axes[:2], ("gain", "forgetting"), strict=True):
-            (line,) = ax.plot(x, mean[key], marker=".", label=name)
+            (line,) = ax.plot(x, mean[key], marker=".", label=_short(name))
             low = [m - s for m, s in zip(mean[key], std[key], strict=True)]
             high = [m + s for m, s in zip(mean[key], std[key], strict=True)]
             ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
         axes[2].errorbar(mean["gain"], mean["forgetting"], xerr=std["gain"], yerr=std["forgetting"],
-                         marker="o", capsize=3, label=name)  # fmt: skip
+                         marker="o", capsize=3, label=_short(name))  # fmt: skip
     axes[0].set(xlabel="training tokens", ylabel="domain gain (mean drop of code/math loss)")
     axes[1].set(xlabel="training tokens", ylabel="forgetting (rise of general loss)")
     axes[2].set(xlabel="domain gain", ylabel="forgetting")
     for ax in axes:
         ax.axhline(0, color="grey", lw=0.5)
     axes[1].set_title("mean over seeds, band/bars: ± 1 std")
-    axes[2].legend(fontsize=7, loc="best")
+    legend_below(fig, axes[2])
     save_figure(fig, path)
 
 
@@ -175,7 +175,7 @@ def _pareto(table: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lp.reports.tables import save_figure
+    from lp.reports.tables import legend_below, save_figure
 
     shown = [k for k in MEASURES if any(not math.isnan(r[f"{k} mean"]) for r in table)]
     if not shown:
@@ -187,12 +187,17 @@ def _pareto(table: list[dict], path: Path) -> None:
             ax.errorbar([r["gain mean"] for r in rows], [r[f"{key} mean"] for r in rows],
                         xerr=[_zero(r["gain std"]) for r in rows],
                         yerr=[_zero(r[f"{key} std"]) for r in rows],
-                        marker=".", capsize=2, label=name)  # fmt: skip
+                        marker=".", capsize=2, label=_short(name))  # fmt: skip
         ax.set(xlabel="domain gain (mean drop of code/math loss)", ylabel=MEASURES[key][1])
         ax.axhline(0, color="grey", lw=0.5)
     axes[0][0].set_title("gain vs forgetting along each run (mean over seeds, ± 1 std)")
-    axes[0][-1].legend(fontsize=6, loc="best")
+    legend_below(fig, axes[0][-1])
     save_figure(fig, path)
+
+
+def _short(configuration: str) -> str:
+    """A configuration's name less the settings it lacks (``method.r=-``): legends stay readable."""
+    return ", ".join(p for p in configuration.split(", ") if not p.endswith("=-"))
 
 
 def _zero(x: float) -> float:

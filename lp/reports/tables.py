@@ -141,6 +141,13 @@ def figures(runs: list[Run], out: Path, axes: str = "loss") -> None:
     save_figure(fig, out / "val_curves.png")
 
 
+def legend_below(fig, ax) -> None:
+    """One legend for the figure, under its plots: configuration names are long, and a legend
+    inside an axis would hide the curves (``save_figure`` keeps what lies outside)."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=7)
+
+
 def _label(name: str) -> str:
     """A run's swept values without Hydra's job number: "3_+variant=add_8" -> "variant=add_8"."""
     import re
@@ -153,7 +160,8 @@ def save_figure(fig, path: Path) -> None:
 
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)  # small enough to commit next to an experiment
+    # small enough to commit next to an experiment; "tight" keeps a legend placed below the plots
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     write_atomic(path, buf.getvalue())
 
