@@ -47,15 +47,12 @@ def main(cfg: DictConfig) -> None:
 
 def _data_files(data) -> list[str]:
     """The local files the data sources read (their ``files`` globs)."""
-    import glob
-    import os
-
     from omegaconf import OmegaConf
 
+    from lp.corpus.sources import named_files
+
     sources = OmegaConf.to_container(data.sources, resolve=False) if "sources" in data else {}
-    given = [s.get("files") for s in sources.values() if isinstance(s, dict)]
-    patterns = [p for ps in given if ps not in (None, "???") for p in ([ps] if isinstance(ps, str) else ps)]
-    return [f for p in patterns for f in glob.glob(os.path.expanduser(str(p)), recursive=True)]
+    return [f for s in sources.values() if isinstance(s, dict) for f in named_files(s)]
 
 
 if __name__ == "__main__":

@@ -160,14 +160,24 @@ def _package_text(name: str, cfg: dict) -> Documents:
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text", ".text": "text"}
 
 
+def named_files(cfg: dict) -> list[str]:
+    """The files ``cfg["files"]`` (a path or glob, or a list of them) names, sorted; none
+    where no files are given."""
+    patterns = cfg.get("files")
+    if not patterns or patterns == "???":
+        return []
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    return sorted({p for pat in patterns for p in glob.glob(os.path.expanduser(str(pat)), recursive=True)})
+
+
 def matching_files(what: str, name: str, cfg: dict) -> list[str]:
-    """The files ``cfg["files"]`` (a path or glob, or a list of them) names, sorted;
-    none, or an empty one, is refused in one line (text and chat sources)."""
+    """``named_files``, where none, or an empty one, is refused in one line (text and chat
+    sources)."""
     patterns = cfg.get("files")
     if not patterns or patterns == "???":
         raise LpError(f"{what}: no files given; set data.sources.{name}.files=/path/*.jsonl")
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-    paths = sorted({p for pat in patterns for p in glob.glob(os.path.expanduser(str(pat)), recursive=True)})
+    paths = named_files(cfg)
     if not paths:
         raise LpError(f"{what}: no file matches {', '.join(map(str, patterns))}")
     empty = [p for p in paths if os.path.getsize(p) == 0]

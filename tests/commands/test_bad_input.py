@@ -185,6 +185,16 @@ def test_lp_data_refuses_bad_input_in_one_line(overrides, message, tmp_path, mon
     assert not out.exists() and not (tmp_path / "cache").exists()
 
 
+def test_lp_data_never_writes_its_json_over_a_file_the_mixture_reads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LP_CACHE", str(tmp_path / "cache"))
+    args = local_data(tmp_path, json.dumps({"text": "def f(): pass"}) + "\n")
+    math = tmp_path / "math.jsonl"
+    before = math.read_bytes()
+    code = hydra_cli("lp.data", [*args, f"inspect.json={math}"], monkeypatch)
+    check_one_line(code, capsys.readouterr().err, "is the input")
+    assert math.read_bytes() == before and not (tmp_path / "cache").exists()
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [(["device=foo"], "device='foo'"), (["model.dtype=float8"], "model.dtype='float8'")],
